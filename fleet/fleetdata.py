@@ -1,0 +1,90 @@
+"""The fleet's data: a public split for the server and a private split per device.
+
+Built deterministically from the scenario's data keys and seed, once per process
+(cached), so every Ray worker derives the same partition without shipping data.
+A device only ever indexes its own rows; nothing here leaves the device side.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fleet.config import ScenarioConfig
+from fleet.datasets import Dataset, load_dataset
+from fleet.partition import label_histograms, partition
+
+__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data"]
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """One device's private data: training rows and a held-out split for on-device evaluation."""
+
+    x: torch.Tensor  # (n, C, H, W)
+    y: torch.Tensor  # (n,)
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FleetData:
+    """Indices into the training set: the server's public split and each device's train/val rows."""
+
+    dataset: Dataset
+    public: np.ndarray
+    train: tuple[np.ndarray, ...]
+    val: tuple[np.ndarray, ...]
+
+    def histograms(self) -> np.ndarray:
+        """Per-device label counts of the training rows, (devices, classes)."""
+        return label_histograms(self.dataset.y_train.numpy(), list(self.train), self.dataset.num_classes)
+
+
+def _split_public(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Stratified public split: the same share of every class."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=np.int64)
+    picks = [rng.choice(np.flatnonzero(y == c), size=max(1, round(fraction * np.sum(y == c))), replace=False)
+             for c in np.unique(y)]
+    return np.sort(np.concatenate(picks))
+
+
+@functools.lru_cache(maxsize=4)
+def _build(dataset: str, root: str, name: str, download: bool, part: str, num_devices: int, seed: int,
+           alpha: float, shards: int, sigma: float, min_size: int, val_fraction: float,
+           public_fraction: float) -> FleetData:
+    ds = load_dataset(dataset, root, name, download, seed)
+    y = ds.y_train.numpy()
+    rng = np.random.default_rng([seed, 0xDA7A])
+    public = _split_public(y, public_fraction, rng)
+    private = np.setdiff1d(np.arange(len(y)), public)
+    parts = partition(part, y[private], num_devices, rng, alpha=alpha, min_size=min_size,
+                      shards_per_device=shards, sigma=sigma)
+    train, val = [], []
+    for p in parts:
+        rows = rng.permutation(private[p])
+        n_val = round(val_fraction * len(rows)) if len(rows) >= 2 else 0
+        n_val = max(n_val, 1) if val_fraction > 0 and len(rows) >= 2 else n_val
+        val.append(np.sort(rows[:n_val]))
+        train.append(np.sort(rows[n_val:]))
+    return FleetData(ds, public, tuple(train), tuple(val))
+
+
+def fleet_data(cfg: ScenarioConfig) -> FleetData:
+    """The fleet's data for a scenario (cached per process)."""
+    d = cfg.data
+    return _build(d.dataset, d.root, d.name, d.download, d.partition, cfg.federation.num_devices,
+                  cfg.federation.seed, d.alpha, d.shards_per_device, d.quantity_sigma,
+                  d.min_partition_size, d.val_fraction, d.public_fraction)
+
+
+def device_data(cfg: ScenarioConfig, device: int) -> DeviceData:
+    """Device ``device``'s private data (views into the cached dataset)."""
+    fd = fleet_data(cfg)
+    ds = fd.dataset
+    tr, va = fd.train[device], fd.val[device]
+    return DeviceData(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
