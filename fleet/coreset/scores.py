@@ -1,0 +1,193 @@
+"""Per-sample selection scores (ACS's EVS and DS, QuaRC's RES) and the scoring pass.
+
+All scores are computed per sample on class probabilities ``p = softmax(logits)``
+(ALGORITHMS.md §1.4, §2.1). Higher score = more worth training on.
+
+``score_pass`` runs the current quantized model and the frozen FP reference over a
+device's local data once, in eval mode and without gradients, as ACS's selection
+does, and returns logits, the three scores and (optionally) FP penultimate features.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ScorePass", "ds", "evs", "res", "res_from_logits", "score_pass"]
+
+
+def evs(p_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Error vector score ``||p_q - onehot(y)||_2`` (ACS; EL2N on the live Q model).
+
+    Parameters
+    ----------
+    p_q : Tensor
+        Quantized-model probabilities, shape ``(N, C)``.
+    y : Tensor
+        Integer labels, shape ``(N,)``.
+
+    Examples
+    --------
+    >>> p = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    >>> evs(p, torch.tensor([0, 0]))  # sqrt(0.25 + 0.25), 0
+    tensor([0.7071, 0.0000])
+    """
+    onehot = F.one_hot(y.long(), num_classes=p_q.shape[1]).to(p_q.dtype)  # (N, C)
+    return torch.linalg.vector_norm(p_q - onehot, ord=2, dim=1)  # (N,)
+
+
+def ds(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
+    """Disagreement score ``||p_q - p_f||_2`` between quantized and FP outputs (ACS).
+
+    Examples
+    --------
+    >>> ds(torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]]))
+    tensor([0.7071])
+    """
+    return torch.linalg.vector_norm(p_q - p_f, ord=2, dim=1)  # (N,)
+
+
+def res(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
+    """Relative-entropy score ``KL(p_q || p_f) = sum p_q log(p_q / p_f)`` (QuaRC Eq. 5).
+
+    The quantized distribution is the first argument, as in the paper. Terms with
+    ``p_q = 0`` contribute 0 (``xlogy`` convention); prefer ``res_from_logits``
+    when logits are available, since it avoids ``log(0)`` in ``p_f``.
+
+    Examples
+    --------
+    >>> p_q, p_f = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.75, 0.25]])
+    >>> res(p_q, p_f)  # 0.5 ln(0.5/0.75) + 0.5 ln(0.5/0.25) = 0.5 ln(4/3)
+    tensor([0.1438])
+    >>> res(p_f, p_q)  # the other direction differs: 0.75 ln 1.5 + 0.25 ln 0.5
+    tensor([0.1308])
+    """
+    return (torch.special.xlogy(p_q, p_q) - torch.special.xlogy(p_q, p_f)).sum(1)  # (N,)
+
+
+def res_from_logits(z_q: torch.Tensor, z_f: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(z_q) || softmax(z_f))`` computed stably via log-softmax.
+
+    Examples
+    --------
+    >>> z_q, z_f = torch.tensor([[0.0, 0.0]]), torch.log(torch.tensor([[3.0, 1.0]]))
+    >>> res_from_logits(z_q, z_f)  # same as res([.5, .5], [.75, .25])
+    tensor([0.1438])
+    """
+    lq = F.log_softmax(z_q, dim=1)  # (N, C)
+    lf = F.log_softmax(z_f, dim=1)  # (N, C)
+    return (lq.exp() * (lq - lf)).sum(1)  # (N,)
+
+
+class ScorePass(TypedDict, total=False):
+    """Output of ``score_pass``; keys present depend on which models were run.
+
+    ``logits_q`` / ``logits_f``: ``(N, K)``; ``evs``: ``(N,)`` (needs Q);
+    ``ds`` / ``res``: ``(N,)`` (need Q and F); ``features_f``: ``(N, D)`` FP
+    penultimate features; ``passes``: samples x forward passes spent.
+    """
+
+    logits_q: torch.Tensor
+    logits_f: torch.Tensor
+    features_f: torch.Tensor
+    evs: torch.Tensor
+    ds: torch.Tensor
+    res: torch.Tensor
+    passes: int
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear head to tap")
+    return linears[-1]
+
+
+def _run(
+    model: nn.Module, x: torch.Tensor, batch_size: int, features: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``(N, K)`` and, if asked, the input of the last Linear ``(N, D)``."""
+    feats: list[torch.Tensor] = []
+    handle = None
+    if features:
+        # The input of the classifier is the penultimate feature for every
+        # registry model (MLP, CNN, ResNets, MobileNetV2 after its dropout).
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            feats.append(inputs[0].detach().flatten(1).cpu())
+
+        handle = _last_linear(model).register_forward_pre_hook(hook)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x.device
+    was_training = model.training
+    model.eval()  # BN running stats, no dropout, no LSQ init during scoring
+    logits: list[torch.Tensor] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(device)  # (B, C, H, W)
+                logits.append(model(xb).float().cpu())  # (B, K)
+    finally:
+        model.train(was_training)
+        if handle is not None:
+            handle.remove()
+    z = torch.cat(logits) if logits else torch.empty(0)
+    return z, (torch.cat(feats) if features and feats else None)
+
+
+def score_pass(
+    qmodel: nn.Module | None,
+    fpmodel: nn.Module | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 256,
+    features: bool = False,
+) -> ScorePass:
+    """Run Q and/or F over the device's data once and compute the scores.
+
+    Each model is put in eval mode under ``no_grad`` and restored to its previous
+    train/eval mode afterwards.
+
+    Parameters
+    ----------
+    qmodel : nn.Module or None
+        Current quantized model; ``None`` skips it (no ``evs``/``ds``/``res``).
+    fpmodel : nn.Module or None
+        Frozen FP reference; ``None`` skips it (no ``ds``/``res``/features).
+    x : Tensor
+        Inputs, shape ``(N, C, H, W)`` (any shape the models accept).
+    y : Tensor
+        Labels, shape ``(N,)``; used for ``evs``.
+    batch_size : int
+        Scoring batch size (default: 256).
+    features : bool
+        Also capture the FP model's penultimate features (default: False).
+
+    Returns
+    -------
+    ScorePass
+        A dict; ``passes`` = N x number of models run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if features and fpmodel is None:
+        raise ValueError("features=True needs an FP model")
+    n = int(x.shape[0])
+    out: ScorePass = {"passes": 0}
+    if qmodel is not None:
+        z_q, _ = _run(qmodel, x, batch_size, features=False)
+        out["logits_q"] = z_q
+        out["evs"] = evs(z_q.softmax(1), y.cpu())
+        out["passes"] += n
+    if fpmodel is not None:
+        z_f, f = _run(fpmodel, x, batch_size, features=features)
+        out["logits_f"] = z_f
+        if f is not None:
+            out["features_f"] = f
+        out["passes"] += n
+    if qmodel is not None and fpmodel is not None:
+        out["ds"] = ds(out["logits_q"].softmax(1), z_f.softmax(1))
+        out["res"] = res_from_logits(out["logits_q"], z_f)
+    return out
