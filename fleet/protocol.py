@@ -1,0 +1,137 @@
+"""The wire contract between the server strategy and the device ClientApp.
+
+Record keys are kebab-case constants, as Flower's. A train message carries the
+global arrays (``arrays``), the per-device instruction (``config``) and, the first
+time a device is sampled, the float reference (``reference``). A reply carries the
+encoded update (``arrays``), numbers (``metrics``) and strings (``report``). Records
+cannot hold ``None``: absent numbers are ``-1.0`` and float precision is ``bits = 32``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, MetricRecord
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+REPORT = "report"
+REFERENCE = "reference"
+STATE_ARRAYS = "edgefleet-state"
+STATE_META = "edgefleet-meta"
+WEIGHT_KEY = "num-examples"
+MISSING = -1.0
+
+STATUSES = ("ok", "straggler", "oom", "offline", "failed", "rejected")
+
+__all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
+           "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "STATE_META"]
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class DeviceInstruction:
+    """What the server tells one device for one round."""
+
+    server_round: int
+    device: int
+    profile: str
+    weight_bits: int
+    act_bits: int
+    participation: int  # how many times this device trained before (its own round counter)
+    ref_hash: str
+    deadline_s: float = 0.0
+    fault: str = ""  # injected fault kind for this device-round ("" = none)
+    proximal_mu: float = 0.0
+    batch_size: int = 0  # 0 = the scenario's
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({_kebab(f.name): getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def from_record(cls, rec: ConfigRecord) -> DeviceInstruction:
+        kw = {}
+        for f in dataclasses.fields(cls):
+            key = _kebab(f.name)
+            if key in rec:
+                kw[f.name] = rec[key]
+        return cls(**kw)
+
+
+_REPORT_STRINGS = ("status", "profile", "method", "fault", "error")
+
+
+@dataclass
+class DeviceReport:
+    """What a device reports about its round (besides the encoded update)."""
+
+    device: int
+    status: str = "ok"
+    profile: str = ""
+    method: str = "full"
+    fault: str = ""
+    error: str = ""
+    bits: int = 32
+    weight: float = 0.0  # aggregation weight (local data or coreset size)
+    local_size: int = 0
+    coreset_size: int = 0
+    train_samples: int = 0
+    scoring_passes: int = 0
+    teacher_passes: int = 0
+    accuracy: float = MISSING
+    loss: float = MISSING
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    sim_time_s: float = 0.0
+    energy_j: float = 0.0
+    peak_mem_mb: float = 0.0
+    wall_s: float = 0.0
+    batch_size: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_records(self) -> tuple[MetricRecord, ConfigRecord]:
+        nums: dict[str, Any] = {}
+        strs: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "extra":
+                nums.update({f"x-{k}": float(val) for k, val in v.items()})
+            elif f.name in _REPORT_STRINGS:
+                strs[_kebab(f.name)] = str(v)
+            elif f.name == "weight":
+                nums[WEIGHT_KEY] = float(v)
+            else:
+                nums[_kebab(f.name)] = v
+        return MetricRecord(nums), ConfigRecord(strs)
+
+    @classmethod
+    def from_records(cls, metrics: MetricRecord, report: ConfigRecord) -> DeviceReport:
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                kw["extra"] = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("x-")}
+            elif f.name in _REPORT_STRINGS:
+                kw[f.name] = str(report.get(_kebab(f.name), ""))
+            elif f.name == "weight":
+                kw["weight"] = float(metrics.get(WEIGHT_KEY, 0.0))
+            elif _kebab(f.name) in metrics:
+                kw[f.name] = {"int": int, "float": float}[str(f.type)](metrics[_kebab(f.name)])
+        return cls(**kw)
+
+    def as_row(self) -> dict[str, Any]:
+        """The report as a ``devices.jsonl`` row (``None`` for absent numbers)."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("weight", "extra")}
+        for k in ("accuracy", "loss"):
+            row[k] = None if row[k] == MISSING else row[k]
+        for k in ("fault", "error"):
+            row[k] = row[k] or None
+        row.update(self.extra)
+        return row
