@@ -1,0 +1,379 @@
+"""Quantization-aware layers and model surgery from a float model.
+
+A float model becomes a fake-quantized one by swapping each ``nn.Conv2d`` /
+``nn.Linear`` (``MAPPING``) for its quantized twin, by module name, on a deep copy.
+Module names are unchanged, so state keys, ``block_names`` and the float model's
+parameters keep lining up with the quantized copy.
+
+Examples
+--------
+>>> from fleet.models import build_model
+>>> fp = build_model("cnn", in_shape=(1, 8, 8), num_classes=10)
+>>> q = quantize_model(fp, weight_bits=4, act_bits=4)
+>>> sorted(quant_layers(q))  # conv1 (first layer) and classifier stay float
+['conv2', 'conv3']
+>>> init_quantizers(q, torch.randn(8, 1, 8, 8))
+>>> q(torch.randn(2, 1, 8, 8)).shape
+torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from fleet.quant.quantizers import FLOAT_BITS, IdentityQuantizer, LsqQuantizer, check_bits
+
+__all__ = [
+    "QConv2d",
+    "QLinear",
+    "MAPPING",
+    "LOCAL_ONLY_SUFFIXES",
+    "QuantSpec",
+    "QuantInfo",
+    "default_keep_fp",
+    "quantize_model",
+    "quant_layers",
+    "quant_info",
+    "split_state",
+    "init_quantizers",
+    "set_initialized",
+]
+
+T = TypeVar("T")
+
+# State entries that are per-device bookkeeping, never averaged (STYLE.md pitfall 5).
+LOCAL_ONLY_SUFFIXES = ("initialized", "num_batches_tracked")
+
+
+def _check_layer_bits(bits: int, what: str) -> int:
+    if bits == FLOAT_BITS:
+        return bits
+    try:
+        return check_bits(bits)
+    except ValueError:
+        raise ValueError(f"{what} must be 2..8 or {FLOAT_BITS} (float), got {bits!r}") from None
+
+
+def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> nn.Module:
+    if _check_layer_bits(bits, "weight_bits") == FLOAT_BITS:
+        return IdentityQuantizer()
+    # Weights are symmetric signed, as in ACS's LSQ layers.
+    return LsqQuantizer(bits, True, per_channel, weight.shape[0], weight.ndim, is_weight=True)
+
+
+def _act_quantizer(bits: int, signed: bool) -> nn.Module:
+    if _check_layer_bits(bits, "act_bits") == FLOAT_BITS:
+        return IdentityQuantizer()
+    return LsqQuantizer(bits, signed, per_channel=False, is_weight=False)
+
+
+class QConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose input and weight are fake-quantized (LSQ).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As ``nn.Conv2d``.
+    weight_bits, act_bits : int
+        Bit-widths, 2..8, or 32 for float (default: 4, 4).
+    per_channel : bool
+        One weight step per output channel (default: False).
+    act_signed : bool
+        Signed activation range, as ACS's ``ActLSQ`` (default: True).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        weight_bits: int = 4,
+        act_bits: int = 4,
+        per_channel: bool = False,
+        act_signed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_quant = _weight_quantizer(self.weight, weight_bits, per_channel)
+        self.act_quant = _act_quantizer(act_bits, act_signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve the quantized input with the quantized weight."""
+        # _conv_forward is F.conv2d plus the non-zero padding modes.
+        return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+    @classmethod
+    def from_float(
+        cls,
+        layer: nn.Conv2d,
+        weight_bits: int,
+        act_bits: int,
+        per_channel: bool = False,
+        act_signed: bool = True,
+    ) -> QConv2d:
+        """Build a quantized copy of ``layer`` (weights and bias copied)."""
+        q = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,  # type: ignore[arg-type]
+            stride=layer.stride,  # type: ignore[arg-type]
+            padding=layer.padding,  # type: ignore[arg-type]
+            dilation=layer.dilation,  # type: ignore[arg-type]
+            groups=layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            weight_bits=weight_bits,
+            act_bits=act_bits,
+            per_channel=per_channel,
+            act_signed=act_signed,
+        )
+        _copy_params(layer, q)
+        return q
+
+
+class QLinear(nn.Linear):
+    """``nn.Linear`` whose input and weight are fake-quantized (LSQ); options as :class:`QConv2d`."""
+
+    def __init__(
+        self,
+        *args: Any,
+        weight_bits: int = 4,
+        act_bits: int = 4,
+        per_channel: bool = False,
+        act_signed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_quant = _weight_quantizer(self.weight, weight_bits, per_channel)
+        self.act_quant = _act_quantizer(act_bits, act_signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the quantized weight to the quantized input."""
+        return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)
+
+    @classmethod
+    def from_float(
+        cls,
+        layer: nn.Linear,
+        weight_bits: int,
+        act_bits: int,
+        per_channel: bool = False,
+        act_signed: bool = True,
+    ) -> QLinear:
+        """Build a quantized copy of ``layer`` (weights and bias copied)."""
+        q = cls(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            weight_bits=weight_bits,
+            act_bits=act_bits,
+            per_channel=per_channel,
+            act_signed=act_signed,
+        )
+        _copy_params(layer, q)
+        return q
+
+
+def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)  # type: ignore[operator]
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)  # type: ignore[operator,union-attr]
+    dst.train(src.training)
+
+
+MAPPING: dict[type[nn.Module], type[QConv2d] | type[QLinear]] = {
+    nn.Conv2d: QConv2d,
+    nn.Linear: QLinear,
+}
+
+
+def default_keep_fp(model: nn.Module) -> list[str]:
+    """Names of the layers ACS keeps in float.
+
+    The first Conv2d/Linear in module order (the stem), the last Linear (the
+    classifier), every Conv2d whose name contains ``"downsample"``, and for
+    torchvision's MobileNetV2 the last 1x1 conv (``features.18.0``, 320 -> 1280).
+    """
+    layers = [(n, m) for n, m in model.named_modules() if type(m) in MAPPING]
+    keep: list[str] = []
+    if layers:
+        keep.append(layers[0][0])
+    linears = [n for n, m in layers if type(m) is nn.Linear]
+    if linears:
+        keep.append(linears[-1])
+    keep += [n for n, m in layers if "downsample" in n and type(m) is nn.Conv2d]
+    if isinstance(model, torchvision.models.MobileNetV2):
+        keep.append(f"features.{len(model.features) - 1}.0")
+    return list(dict.fromkeys(keep))  # de-duplicate, keep order
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), child, module)
+
+
+def quantize_model(
+    model: nn.Module,
+    weight_bits: int,
+    act_bits: int,
+    keep_fp: Sequence[str] | None = None,
+    weights_only: bool = False,
+    per_channel: bool = False,
+    act_signed: bool = True,
+) -> nn.Module:
+    """Return a fake-quantized deep copy of ``model`` (the input is untouched).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Float model.
+    weight_bits, act_bits : int
+        2..8, or 32 for float (identity quantizer).
+    keep_fp : sequence of str or None
+        Exact module names left float; None means :func:`default_keep_fp`
+        (default: None). A name that matches no module raises ValueError.
+    weights_only : bool
+        Float activations everywhere (default: False).
+    per_channel : bool
+        Per-output-channel weight steps (default: False; ACS is per-tensor).
+    act_signed : bool
+        Signed activation range (default: True, as ACS).
+    """
+    _check_layer_bits(weight_bits, "weight_bits")
+    _check_layer_bits(act_bits, "act_bits")
+    names = dict(model.named_modules())
+    keep = default_keep_fp(model) if keep_fp is None else list(keep_fp)
+    unknown = [n for n in keep if n not in names]
+    if unknown:
+        raise ValueError(f"keep_fp names match no module: {', '.join(map(repr, unknown))}")
+    qmodel = copy.deepcopy(model)
+    abits = FLOAT_BITS if weights_only else act_bits
+    targets = [(n, m) for n, m in qmodel.named_modules() if type(m) in MAPPING and n not in keep]
+    for name, layer in targets:
+        qlayer = MAPPING[type(layer)].from_float(layer, weight_bits, abits, per_channel, act_signed)  # type: ignore[arg-type]
+        if name == "":
+            return qlayer  # the model itself is a single layer
+        _set_submodule(qmodel, name, qlayer)
+    if hasattr(model, "block_names"):
+        qmodel.block_names = list(model.block_names)  # type: ignore[arg-type]
+    return qmodel
+
+
+def quant_layers(model: nn.Module) -> dict[str, QConv2d | QLinear]:
+    """Quantized layers by module name, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (QConv2d, QLinear))}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one weight tensor is quantized: ``bits``, ``signed`` and its step's state key."""
+
+    bits: int
+    step_key: str
+    signed: bool = True
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """Quantized weight state keys (e.g. ``"conv2.weight"``) mapped to their :class:`QuantSpec`.
+
+    A plain dict field (not a mapping proxy) so the object pickles across Ray actors.
+    """
+
+    weights: dict[str, QuantSpec] = field(default_factory=dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.weights
+
+    def __getitem__(self, key: str) -> QuantSpec:
+        return self.weights[key]
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+
+def quant_info(model: nn.Module) -> QuantInfo:
+    """Collect the :class:`QuantInfo` of every LSQ-quantized weight in ``model``."""
+    weights: dict[str, QuantSpec] = {}
+    for name, layer in quant_layers(model).items():
+        wq = layer.weight_quant
+        if isinstance(wq, LsqQuantizer):
+            weights[_join(name, "weight")] = QuantSpec(
+                wq.bits, _join(name, "weight_quant.step"), wq.signed
+            )
+    return QuantInfo(weights)
+
+
+def split_state(state: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:
+    """Split a state dict into ``(aggregatable, local_only)``.
+
+    ``initialized`` flags and BN ``num_batches_tracked`` counters are local-only:
+    averaging an init flag or an int counter is meaningless. Everything else
+    (weights, biases, LSQ steps, BN running statistics) is aggregatable.
+
+    Examples
+    --------
+    >>> agg, loc = split_state({"a.weight": 1, "a.weight_quant.initialized": 0,
+    ...                         "bn.num_batches_tracked": 5, "a.weight_quant.step": 2})
+    >>> sorted(agg), sorted(loc)
+    (['a.weight', 'a.weight_quant.step'], ['a.weight_quant.initialized', 'bn.num_batches_tracked'])
+    """
+    agg: dict[str, T] = {}
+    local: dict[str, T] = {}
+    for key, value in state.items():
+        is_local = key.rpartition(".")[2] in LOCAL_ONLY_SUFFIXES
+        (local if is_local else agg)[key] = value
+    return agg, local
+
+
+def set_initialized(model: nn.Module, value: bool = True) -> None:
+    """Set every LSQ quantizer's ``initialized`` flag.
+
+    Use ``True`` after loading steps from elsewhere (e.g. a global model), since
+    the flags are local-only and a fresh model would otherwise re-initialise
+    (and overwrite) the loaded steps on its first training forward.
+    """
+    for m in model.modules():
+        if isinstance(m, LsqQuantizer):
+            m.initialized.fill_(int(value))
+
+
+@torch.no_grad()
+def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+    """Initialise every not-yet-initialised quantizer's step with one forward on ``x``.
+
+    The forward runs in train mode (quantizers initialise only in training, as in
+    ACS) under ``no_grad``. Each module's train/eval mode is restored afterwards,
+    and so are BatchNorm buffers, so the only side effect is on the quantizers.
+    Quantizers that are already initialised keep their steps.
+    """
+    modes = {m: m.training for m in model.modules()}
+    bn_buffers = [
+        (buf, buf.clone())
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for buf in m.buffers()
+    ]
+    try:
+        model.train()
+        model(x)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for buf, saved in bn_buffers:
+            buf.copy_(saved)
