@@ -1,0 +1,162 @@
+"""Writes small synthetic run directories (the format of docs/results.md) for tests.
+
+Numbers are drawn from an explicit ``np.random.Generator`` seeded by ``seed`` so every
+fixture is deterministic. Accuracy rises with rounds towards ``final_accuracy``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STATUSES = ("ok", "straggler", "oom", "offline", "failed", "rejected")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def write_toml(path: Path, nested: dict[str, dict[str, Any]]) -> None:
+    """Write one level of tables of scalars (all our fixtures need)."""
+    lines = []
+    for table, values in nested.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def base_config(seed: int = 0) -> dict[str, dict[str, Any]]:
+    """A resolved-looking scenario config with kebab-case keys."""
+    return {
+        "federation": {"num-devices": 12, "devices-per-round": 6, "rounds": 5, "seed": seed},
+        "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 0.5},
+        "model": {"arch": "mlp"},
+        "quant": {"weight-bits": 4, "act-bits": 4, "codec": "fp32"},
+        "coreset": {"method": "acs", "fraction": 0.2},
+        "train": {"local-epochs": 1, "lr": 0.005},
+        "strategy": {"name": "fedavg"},
+        "ray": {"num-cpus-per-device": 1.0},
+        "output": {"dir": f"runs/test/{seed}"},
+    }
+
+
+def write_run(
+    path: Path,
+    *,
+    seed: int = 0,
+    rounds: int = 5,
+    num_devices: int = 12,
+    per_round: int = 6,
+    num_classes: int = 10,
+    final_accuracy: float = 0.8,
+    complete: bool = True,
+    config: dict[str, dict[str, Any]] | None = None,
+    summary_extra: dict[str, Any] | None = None,
+    qgt: bool = True,
+    continual: bool = True,
+    truncate_last: bool = False,
+) -> Path:
+    """Write a synthetic run directory and return its path.
+
+    ``complete=False`` writes ``rounds - 1`` rounds and a ``"running"`` summary;
+    ``truncate_last=True`` appends half a JSON line to ``rounds.jsonl``.
+    """
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = config if config is not None else base_config(seed)
+    write_toml(path / "config.toml", cfg)
+    done = rounds if complete else rounds - 1
+    round_lines, device_lines = [], []
+    acc = 0.2
+    for r in range(1, done + 1):
+        acc = final_accuracy - (final_accuracy - 0.2) * 0.5 ** r + float(rng.normal(0, 0.005))
+        chosen = rng.choice(num_devices, size=per_round, replace=False)
+        statuses = rng.choice(STATUSES, size=per_round, p=[0.7, 0.1, 0.05, 0.05, 0.05, 0.05])
+        dev_acc = np.clip(acc + rng.normal(0, 0.08, size=per_round), 0, 1)
+        up = 0
+        for d, st, da in zip(chosen, statuses, dev_acc, strict=True):
+            ok = st in ("ok", "rejected")
+            bytes_up = 20_000 if ok else 0
+            up += bytes_up
+            device_lines.append({
+                "round": r, "device": int(d), "status": str(st), "profile": "phone-mid",
+                "bits": 4, "local_size": 100, "coreset_size": 20, "train_samples": 20,
+                "scoring_passes": 100, "teacher_passes": 20, "method": "acs",
+                "accuracy": float(da) if ok else None, "loss": 0.5 if ok else None,
+                "uplink_bytes": bytes_up, "downlink_bytes": 80_000, "compute_s": 1.5,
+                "comm_s": 0.5, "sim_time_s": 2.0 + float(rng.random()), "energy_j": 3.0,
+                "peak_mem_mb": 40.0, "wall_s": 0.1, "fault": None if ok else str(st),
+                "error": None if st != "failed" else "RuntimeError: synthetic",
+            })
+        counts = {s: int((statuses == s).sum()) for s in STATUSES}
+        ok_acc = [float(a) for a, s in zip(dev_acc, statuses, strict=True) if s in ("ok", "rejected")]
+        round_lines.append({
+            "round": r, "accuracy": acc, "loss": 2.0 * (1 - acc),
+            "devices_sampled": per_round, "devices_completed": counts["ok"],
+            "devices_failed": counts["failed"],
+            "devices_dropped": counts["straggler"] + counts["oom"] + counts["offline"],
+            "devices_rejected": counts["rejected"], "status_counts": counts,
+            "uplink_bytes": up, "downlink_bytes": 80_000 * per_round, "wall_s": 1.0 + r * 0.1,
+            "sim_time_s": 3.0 + float(rng.random()),
+            "device_accuracy_mean": float(np.mean(ok_acc)) if ok_acc else None,
+            "device_accuracy_p10": float(np.percentile(ok_acc, 10)) if ok_acc else None,
+        })
+    rounds_text = "".join(json.dumps(x) + "\n" for x in round_lines)
+    if truncate_last:
+        rounds_text += json.dumps({"round": done + 1, "accuracy": 0.5})[:17]
+    (path / "rounds.jsonl").write_text(rounds_text, encoding="utf-8")
+    (path / "devices.jsonl").write_text("".join(json.dumps(x) + "\n" for x in device_lines))
+    labels = rng.dirichlet(np.full(num_classes, 0.5), size=num_devices)  # (D, K)
+    sizes = rng.integers(40, 200, size=num_devices)
+    partition = {"num_classes": num_classes, "devices": [
+        {"device": i, "train": int(sizes[i]), "val": int(sizes[i] // 5),
+         "labels": [int(x) for x in np.round(labels[i] * sizes[i])]}
+        for i in range(num_devices)]}
+    (path / "partition.json").write_text(json.dumps(partition))
+    if qgt:
+        layers = [{"layer": f"layers.{i}.conv", "residual": float(rng.random() * 1e-3),
+                   "quant_mse": float(rng.random() * 1e-4)} for i in range(8)]
+        ranked = sorted(layers, key=lambda x: -x["residual"])
+        for rank, layer in enumerate(ranked, start=1):
+            layer["rank"] = rank
+        (path / "qgt.json").write_text(json.dumps({"bits": 4, "layers": layers}))
+    if continual:
+        lines = []
+        for dev in range(4):
+            for task in range(1, 6):
+                for method, base in (("qcore", 0.75), ("sgd", 0.65), ("none", 0.5)):
+                    lines.append({
+                        "device": dev, "task": task, "calibration": method,
+                        "accuracy_task": base + float(rng.normal(0, 0.03)),
+                        "accuracy_original": base + 0.1 - 0.02 * task,
+                        "accuracy_core": 0.9, "flops": 1e6, "wall_s": 0.01})
+        (path / "continual.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    if complete or summary_extra is not None:
+        coreset = cfg.get("coreset", {})
+        quant = cfg.get("quant", {})
+        summary = {
+            "status": "complete" if complete else "running", "scenario": "synthetic",
+            "final_accuracy": acc, "fp_reference_accuracy": 0.9,
+            "rounds_completed": done, "rounds_planned": rounds,
+            "uplink_bytes": sum(x["uplink_bytes"] for x in round_lines),
+            "downlink_bytes": sum(x["downlink_bytes"] for x in round_lines),
+            "wall_time_s": 10.0 + seed, "sim_time_s": 20.0 + seed,
+            "device_rounds_completed": 20, "device_rounds_failed": 2,
+            "device_rounds_dropped": 3, "energy_j": 90.0,
+            "weight_bits": quant.get("weight-bits", 32), "act_bits": quant.get("act-bits", 32),
+            "model_size_bytes": 25_000, "fp32_model_size_bytes": 200_000,
+            "coreset_method": coreset.get("method", "full"),
+            "coreset_fraction": coreset.get("fraction", 1.0), "strategy": "fedavg",
+            "codec": "fp32", "seed": seed,
+        }
+        summary.update(summary_extra or {})
+        (path / "summary.json").write_text(json.dumps(summary, indent=1))
+    return path
