@@ -10,8 +10,8 @@ from flwr.serverapp.exception import AggregationError
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-# MetricRecord key of the bit-width a device trained and encoded at (32 = float).
-# Mirrors the wrapper's decoded-reply contract; move to fleet/protocol.py once it exists.
+# MetricRecord key of the bit-width a device trained and encoded at (32 = float):
+# `fleet.protocol.DeviceReport.bits` on the wire, kept by the wrapper's decoded replies.
 BITS_KEY = "bits"
 
 BIT_MODES: tuple[str, ...] = ("weight", "group")
@@ -121,15 +121,9 @@ class BitAwareFedAvg(FedAvg):
         if not ok:
             return super().aggregate_train(server_round, replies)
         metrics = [_metric_record(msg) for msg in ok]
-        for rec in metrics:
-            for key in (self.weighted_by_key, BITS_KEY):
-                if key not in rec:
-                    raise AggregationError(
-                        reason=f"BitAwareFedAvg needs '{key}' in every reply's metrics"
-                    )
         weights = bit_weights(
-            [float(rec[self.weighted_by_key]) for rec in metrics],  # type: ignore[arg-type]
-            [int(rec[BITS_KEY]) for rec in metrics],  # type: ignore[call-overload]
+            [_scalar(rec, self.weighted_by_key) for rec in metrics],
+            [int(_scalar(rec, BITS_KEY)) for rec in metrics],
             self.mode,
         )
         if sum(weights) <= 0:
@@ -147,6 +141,16 @@ def _metric_record(msg: Message) -> MetricRecord:
     if len(records) != 1:
         raise AggregationError(reason="expected exactly one MetricRecord per reply")
     return records[0]
+
+
+def _scalar(record: MetricRecord, key: str) -> float:
+    """A scalar metric, or an AggregationError naming the missing key."""
+    value = record.get(key)
+    if not isinstance(value, int | float):
+        raise AggregationError(
+            reason=f"BitAwareFedAvg needs a scalar '{key}' in every reply's metrics"
+        )
+    return float(value)
 
 
 def _with_weight(msg: Message, key: str, weight: float) -> Message:

@@ -1,10 +1,11 @@
-"""Resolve ``strategy.name`` (a built-in name or ``package.module:Class``) to a strategy.
+"""Resolve ``strategy.name`` (built-in or ``package.module:Class``) to a strategy.
 
 A user's own aggregation is a plain Flower Message-API strategy class, named by
-import path in the scenario (``strategy.name = "my_strategies.clipped_mean:ClippedMean"``)
-and built with ``strategy.options`` as constructor keywords. Every failure is a
-one-line ValueError starting with ``strategy.name:`` or ``strategy.options.<key>:``,
-raised before any device starts.
+import path in the scenario
+(``strategy.name = "my_strategies.clipped_mean:ClippedMean"``) and built with
+``strategy.options`` as constructor keywords. Every failure is a one-line ValueError
+starting with ``strategy.name:`` or ``strategy.options.<key>:``, raised before any
+device starts.
 """
 
 import importlib

@@ -93,7 +93,8 @@ def build_inner_strategy(name: str, options: Mapping[str, object]) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(
             f"strategy.name: unknown strategy '{name}'; valid names: "
-            f"{', '.join(sorted(STRATEGIES))} (or an import path 'package.module:Class')"
+            f"{', '.join(sorted(STRATEGIES))} "
+            "(or an import path 'package.module:Class')"
         )
     return construct_strategy(STRATEGIES[name], options)
 

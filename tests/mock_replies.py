@@ -1,4 +1,4 @@
-"""Build mock decoded reply Messages, as the fleet wrapper hands them to inner strategies.
+"""Mock decoded reply Messages, as the fleet wrapper hands them to inner strategies.
 
 A decoded reply's content is ``RecordDict({"arrays": ArrayRecord(float32 arrays),
 "metrics": MetricRecord({"num-examples": w, "bits": b, "device": i})})``.

@@ -61,13 +61,13 @@ def test_kebab_case_options_are_passed_through() -> None:
     avgm = build_inner_strategy("fedavgm", {"server-momentum": 0.9})
     krum = build_inner_strategy("krum", {"num-malicious-nodes": 2})
     # Assert
-    assert (adam.eta, adam.eta_l, adam.beta_1) == (0.5, 0.2, 0.8)  # type: ignore[attr-defined]
+    assert (adam.eta, adam.eta_l, adam.beta_1) == (0.5, 0.2, 0.8)  # type: ignore
     assert avgm.server_momentum == 0.9  # type: ignore[attr-defined]
     assert krum.num_malicious_nodes == 2  # type: ignore[attr-defined]
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"^strategy\.name: .*fedavg.*trimmed-mean") as e:
+    with pytest.raises(ValueError, match=r"^strategy\.name: .*fedavg.*trimmed") as e:
         build_inner_strategy("fedsgd", {})
     assert "\n" not in str(e.value)
 
@@ -107,7 +107,10 @@ def test_constructor_error_is_one_line_naming_key() -> None:
 def test_fedavg_weighted_mean() -> None:
     # Prepare: (1 * [1, 2] + 3 * [4, 8]) / 4 = [3.25, 6.5]
     strategy = build_inner_strategy("fedavg", {})
-    replies = [make_reply({"w": [1, 2]}, 1, device=0), make_reply({"w": [4, 8]}, 3, device=1)]
+    replies = [
+        make_reply({"w": [1, 2]}, 1, device=0),
+        make_reply({"w": [4, 8]}, 3, device=1),
+    ]
     # Execute
     arrays, _ = strategy.aggregate_train(1, replies)
     # Assert
@@ -129,7 +132,7 @@ def test_median_is_coordinatewise() -> None:
 
 
 def test_trimmed_mean_cuts_one_per_tail_of_five() -> None:
-    # Prepare: beta=0.2 of 5 cuts int(1.0) = 1 per tail: {1,2,3,4,100} -> mean(2,3,4) = 3
+    # Prepare: beta=0.2 of 5 cuts 1 per tail: {1,2,3,4,100} -> mean(2,3,4) = 3
     strategy = build_inner_strategy("trimmed-mean", {"beta": 0.2})
     values = [100.0, 1.0, 3.0, 2.0, 4.0]
     replies = [make_reply({"w": [v]}, 1, device=i) for i, v in enumerate(values)]
