@@ -42,13 +42,8 @@ def load_strategy(name: str, options: Mapping[str, object]) -> Strategy:
     ValueError
         One line naming ``strategy.name`` or ``strategy.options.<key>``.
     """
-    if name in STRATEGIES:
-        return build_inner_strategy(name, options)
-    if ":" not in name:
-        raise ValueError(
-            f"strategy.name: unknown strategy '{name}'; valid names: "
-            f"{', '.join(sorted(STRATEGIES))}, or an import path 'package.module:Class'"
-        )
+    if name in STRATEGIES or ":" not in name:
+        return build_inner_strategy(name, options)  # lists valid names if unknown
     return construct_strategy(import_strategy_class(name), options)
 
 
