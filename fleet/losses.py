@@ -80,11 +80,15 @@ def clc_loss(
     tensor(0.1438)
     """
     if mapping not in CLC_MAPPINGS:
-        raise ValueError(f"unknown CLC mapping '{mapping}'; valid: {', '.join(CLC_MAPPINGS)}")
+        raise ValueError(
+            f"unknown CLC mapping '{mapping}'; valid: {', '.join(CLC_MAPPINGS)}"
+        )
     if len(q_feats) != len(f_feats):
         raise ValueError(f"{len(q_feats)} quantized vs {len(f_feats)} FP feature maps")
     to_logits = CLC_MAPPINGS[mapping]
-    total = q_feats[0].new_zeros((), dtype=torch.float32) if q_feats else torch.zeros(())
+    total = (
+        q_feats[0].new_zeros((), dtype=torch.float32) if q_feats else torch.zeros(())
+    )
     for q, f in zip(q_feats, f_feats, strict=True):
         lq = F.log_softmax(to_logits(q).float(), dim=1)  # (N, D)
         lf = F.log_softmax(to_logits(f.detach()).float(), dim=1)  # (N, D)
@@ -118,7 +122,9 @@ class FeatureTaps:
         modules = dict(model.named_modules())
         for name in names:
             if name not in modules:
-                valid = getattr(model, "block_names", None) or [n for n in modules if n][:8]
+                valid = (
+                    getattr(model, "block_names", None) or [n for n in modules if n][:8]
+                )
                 raise ValueError(
                     f"no module named '{name}' in {type(model).__name__}; "
                     f"valid block names include: {', '.join(valid)}"
@@ -136,6 +142,7 @@ class FeatureTaps:
         return hook
 
     def __enter__(self) -> FeatureTaps:
+        """Register the hooks."""
         for name, module in zip(self.names, self._modules, strict=True):
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
@@ -146,6 +153,7 @@ class FeatureTaps:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Remove the hooks (captured outputs stay readable)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -1,4 +1,6 @@
-"""QGT: a grid-attracting weight regularizer (reconstruction: QGT paper body unverified).
+"""QGT weight regularizer (reconstruction: QGT paper body unverified).
+
+See ALGORITHMS.md §3.2; only the paper's abstract is verified.
 
 Quantization-Guided Training (Ghamari et al., arXiv 2103.06231) adds a per-layer
 regularizer that pulls weights toward values that quantize well at a target
@@ -84,9 +86,11 @@ def qgt_penalty(
     tensor(0.)
     >>> qgt_penalty(torch.tensor([0.2, 0.0]), 0.5, bits=2)  # 0.2^2 / 2
     tensor(0.0200)
-    >>> qgt_penalty(torch.tensor([0.25, 0.0]), 0.5, bits=2, form="sin2")  # sin^2(pi/2)/2
+    >>> w = torch.tensor([0.25, 0.0])  # sin^2(pi/2) / 2
+    >>> qgt_penalty(w, 0.5, bits=2, form="sin2")
     tensor(0.5000)
-    >>> qgt_penalty(torch.tensor([1.0]), 0.5, bits=2, form="sqdist-clip")  # top 0.5: .5^2 + .5^2
+    >>> w = torch.tensor([1.0])  # grid top is 0.5: sqdist .5^2 + clip .5^2
+    >>> qgt_penalty(w, 0.5, bits=2, form="sqdist-clip")
     tensor(0.5000)
     """
     if form not in QGT_FORMS:
@@ -110,16 +114,23 @@ def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return w
+
+
 def layer_grid(module: nn.Module, bits: int) -> tuple[torch.Tensor, int, int]:
-    """The (detached) step and ``(qmin, qmax)`` a layer is regularised toward.
+    """Return the (detached) step and ``(qmin, qmax)`` a layer is pulled toward.
 
     See the module docstring for the rule.
     """
-    w = module.weight.detach()  # type: ignore[union-attr]
+    w = _weight(module).detach()
     wq = getattr(module, "weight_quant", None)
     step = getattr(wq, "step", None)
     if wq is not None and isinstance(step, torch.Tensor):
-        qmin, qmax = int(wq.qmin), int(wq.qmax)  # type: ignore[union-attr]
+        qmin, qmax = int(wq.qmin), int(wq.qmax)
         initialized = getattr(wq, "initialized", None)
         if initialized is not None and not bool(initialized):
             # The LSQ step is still the placeholder; use the value LSQ will set.
@@ -153,7 +164,7 @@ def qgt_regularizer(
     per_layer: dict[str, float] = {}
     for name, m in _weight_layers(model):
         step, qmin, qmax = layer_grid(m, bits)
-        p = qgt_penalty(m.weight, step, bits, form, qrange=(qmin, qmax))  # type: ignore[arg-type]
+        p = qgt_penalty(_weight(m), step, bits, form, qrange=(qmin, qmax))
         per_layer[name] = float(p.detach())
         total = p if total is None else total + p
     return (total if total is not None else torch.zeros(())), per_layer
@@ -196,13 +207,17 @@ def bottleneck_report(
     with torch.no_grad():
         for name, m in _weight_layers(model):
             step, qmin, qmax = layer_grid(m, bits)
-            w = m.weight.detach()  # type: ignore[union-attr]
+            w = _weight(m).detach()
             residual = float(qgt_penalty(w, step, bits, form, qrange=(qmin, qmax)))
             mse = float((w - _grid_point(w, step, qmin, qmax)).pow(2).mean())
             scale = 1.0 if form == "sin2" else float(step.pow(2).mean())
             rows.append(
-                {"layer": name, "residual": residual, "quant_mse": mse,
-                 "norm_residual": residual / scale}
+                {
+                    "layer": name,
+                    "residual": residual,
+                    "quant_mse": mse,
+                    "norm_residual": residual / scale,
+                }
             )
     order = sorted(range(len(rows)), key=lambda i: -float(rows[i]["norm_residual"]))
     for rank, i in enumerate(order, start=1):

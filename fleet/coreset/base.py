@@ -62,10 +62,10 @@ class SelectionContext:
     schedule: str = "paper"
 
     def __post_init__(self) -> None:
+        """Validate the names and sizes once, before any scoring."""
         if self.score_norm not in SCORE_NORMS:
-            raise ValueError(
-                f"unknown score_norm '{self.score_norm}'; valid: {', '.join(SCORE_NORMS)}"
-            )
+            valid = ", ".join(SCORE_NORMS)
+            raise ValueError(f"unknown score_norm '{self.score_norm}'; valid: {valid}")
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}"
@@ -120,7 +120,11 @@ class Selector:
         return CoresetResult(idx, scores, passes, new_state)
 
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, ctx: SelectionContext, state: SelectorState
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: SelectionContext,
+        state: SelectorState,
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Per-sample scores ``(N,)``, passes spent and the updated state."""
         raise NotImplementedError

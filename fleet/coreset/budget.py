@@ -30,7 +30,7 @@ def check_fraction(fraction: float) -> None:
 
 
 def budget(n: int, fraction: float) -> int:
-    """Samples kept out of ``n``: ``max(1, round(fraction * n))``, at most ``n``."""
+    """Return how many of ``n`` samples to keep: ``max(1, round(fraction * n))``."""
     return min(n, max(1, round(fraction * n)))
 
 
@@ -69,7 +69,7 @@ def _descending(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def top_k(
     scores: np.ndarray, y: np.ndarray, fraction: float, balanced: bool = True
 ) -> np.ndarray:
-    """Indices of the top-scoring samples, sorted ascending (int64).
+    """Return the indices of the top-scoring samples, sorted ascending (int64).
 
     Parameters
     ----------

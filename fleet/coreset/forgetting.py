@@ -47,7 +47,9 @@ def _padded(state: SelectorState, n: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return prev.copy(), count.copy(), learned.copy()
 
 
-def forgetting_scores(state: SelectorState, n: int, rng: np.random.Generator) -> np.ndarray:
+def forgetting_scores(
+    state: SelectorState, n: int, rng: np.random.Generator
+) -> np.ndarray:
     """Scores ``(n,)`` from the records in ``state`` (see module docstring)."""
     prev, count, learned = _padded(state, n)
     prev, count, learned = prev[:n], count[:n], learned[:n]
@@ -67,7 +69,11 @@ class ForgettingSelector(Selector):
     name = "forgetting"
 
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, ctx: SelectionContext, state: SelectorState
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: SelectionContext,
+        state: SelectorState,
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Scores from the stored records; no forward passes are spent."""
         return forgetting_scores(state, int(x.shape[0]), ctx.rng), 0, state
@@ -89,7 +95,9 @@ class ForgettingSelector(Selector):
         idx = np.asarray(indices, dtype=np.int64)
         ok = np.asarray(correct, dtype=bool)
         if idx.shape != ok.shape:
-            raise ValueError(f"indices {idx.shape} and correct {ok.shape} differ in shape")
+            raise ValueError(
+                f"indices {idx.shape} and correct {ok.shape} differ in shape"
+            )
         if len(np.unique(idx)) != len(idx):
             raise ValueError("observe() needs each index at most once per call")
         if len(idx) and idx.min() < 0:

@@ -20,7 +20,7 @@ CORESET_KEY = "coreset-indices"
 
 
 def should_reselect(participation: int, reselect_every: int) -> bool:
-    """True at participation 0 and every ``reselect_every`` participations after.
+    """Return True at participation 0 and every ``reselect_every`` ones after.
 
     Examples
     --------
@@ -44,14 +44,18 @@ def select_or_reuse(
     participation: int,
     reselect_every: int,
 ) -> CoresetResult:
-    """Select when due (or when nothing usable is stored), else reuse the stored indices.
+    """Select when due (or when nothing usable is stored), else reuse stored indices.
 
     The returned state carries the selector's state plus ``CORESET_KEY``.
     A stored selection that no longer fits the data (an index >= N) is redone.
     """
     stored = state.get(CORESET_KEY)
-    fits = stored is not None and len(stored) > 0 and int(stored.max()) < int(x.shape[0])
+    fits = (
+        stored is not None and len(stored) > 0 and int(stored.max()) < int(x.shape[0])
+    )
     if fits and not should_reselect(participation, reselect_every):
-        return CoresetResult(np.asarray(stored, dtype=np.int64).copy(), None, 0, dict(state))
+        return CoresetResult(
+            np.asarray(stored, dtype=np.int64).copy(), None, 0, dict(state)
+        )
     result = selector.select(x, y, fraction, ctx, state)
     return replace(result, state={**result.state, CORESET_KEY: result.indices})

@@ -36,7 +36,8 @@ def evs(p_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     tensor([0.7071, 0.0000])
     """
     onehot = F.one_hot(y.long(), num_classes=p_q.shape[1]).to(p_q.dtype)  # (N, C)
-    return torch.linalg.vector_norm(p_q - onehot, ord=2, dim=1)  # (N,)
+    out: torch.Tensor = torch.linalg.vector_norm(p_q - onehot, ord=2, dim=1)  # (N,)
+    return out
 
 
 def ds(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,8 @@ def ds(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
     >>> ds(torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]]))
     tensor([0.7071])
     """
-    return torch.linalg.vector_norm(p_q - p_f, ord=2, dim=1)  # (N,)
+    out: torch.Tensor = torch.linalg.vector_norm(p_q - p_f, ord=2, dim=1)  # (N,)
+    return out
 
 
 def res(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,8 @@ def res(p_q: torch.Tensor, p_f: torch.Tensor) -> torch.Tensor:
     >>> res(p_f, p_q)  # the other direction differs: 0.75 ln 1.5 + 0.25 ln 0.5
     tensor([0.1308])
     """
-    return (torch.special.xlogy(p_q, p_q) - torch.special.xlogy(p_q, p_f)).sum(1)  # (N,)
+    terms: torch.Tensor = torch.special.xlogy(p_q, p_q) - torch.special.xlogy(p_q, p_f)
+    return terms.sum(1)  # (N,)
 
 
 def res_from_logits(z_q: torch.Tensor, z_f: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,9 @@ class FullSelector(Selector):
     ) -> CoresetResult:
         """Return every index; ``fraction`` is only validated."""
         check_fraction(fraction)
-        return CoresetResult(np.arange(int(x.shape[0]), dtype=np.int64), None, 0, dict(state))
+        return CoresetResult(
+            np.arange(int(x.shape[0]), dtype=np.int64), None, 0, dict(state)
+        )
 
 
 class RandomSelector(Selector):
@@ -82,7 +84,8 @@ class RandomSelector(Selector):
     redraw : bool
         Draw anew at every call, or draw once and keep it in ``state["random-indices"]``
         as the papers' Random baseline does (default: False). A kept draw is redrawn
-        if it no longer fits the data (an index >= N).
+        if it no longer fits the data (an index >= N); otherwise it is reused as is,
+        whatever ``fraction`` the later call asks for.
     """
 
     name = "random"
@@ -104,7 +107,9 @@ class RandomSelector(Selector):
         n = int(x.shape[0])
         kept = state.get(self.KEY)
         if not self.redraw and kept is not None and (len(kept) == 0 or kept.max() < n):
-            return CoresetResult(np.asarray(kept, dtype=np.int64).copy(), None, 0, dict(state))
+            return CoresetResult(
+                np.asarray(kept, dtype=np.int64).copy(), None, 0, dict(state)
+            )
         # Top-k of i.i.d. uniform keys = a uniform draw without replacement (per class).
         idx = top_k(ctx.rng.random(n), y.cpu().numpy(), fraction, balanced=ctx.balanced)
         new_state = dict(state)
@@ -131,7 +136,11 @@ class TermSelector(Selector):
         self.name = term
 
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, ctx: SelectionContext, state: SelectorState
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: SelectionContext,
+        state: SelectorState,
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Score with the current Q (and F for DS/RES)."""
         q = _require(ctx.qmodel, "qmodel")
@@ -159,7 +168,11 @@ class MixSelector(Selector):
         self.name = "quarc" if with_res else "acs"
 
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, ctx: SelectionContext, state: SelectorState
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: SelectionContext,
+        state: SelectorState,
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Mix the normalised terms with the schedule's weight at ``ctx.epoch``."""
         q, f = _require(ctx.qmodel, "qmodel"), _require(ctx.fpmodel, "fpmodel")
@@ -207,10 +220,16 @@ class ModerateSelector(Selector):
     name = "moderate"
 
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, ctx: SelectionContext, state: SelectorState
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: SelectionContext,
+        state: SelectorState,
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Score from one FP pass with a feature hook."""
-        out = score_pass(None, _require(ctx.fpmodel, "fpmodel"), x, y, ctx.batch_size, True)
+        out = score_pass(
+            None, _require(ctx.fpmodel, "fpmodel"), x, y, ctx.batch_size, True
+        )
         s = moderate_scores(out["features_f"].numpy(), y.cpu().numpy())
         return normalize(s, ctx.score_norm), out["passes"], state
 
