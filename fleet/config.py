@@ -89,6 +89,9 @@ class ScenarioConfig:
         """The fully resolved config as flat run-config keys."""
         return to_flat(self)
 
+    def __hash__(self) -> int:  # the custom-profile tables are dicts: hash the canonical flat form
+        return hash((self.name, tuple(sorted((k, repr(v)) for k, v in self.to_flat().items()))))
+
 
 def _table_prefix(key: str) -> str | None:
     for t in TABLE_KEYS:

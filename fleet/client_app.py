@@ -1,0 +1,127 @@
+"""The device's Flower ClientApp: a thin adapter between Flower records and :mod:`fleet.device`.
+
+``app`` is what ``flwr run`` loads (the scenario comes from ``context.run_config``);
+``make_client_app(flat)`` binds a scenario for in-process runs (``fleet run``),
+since Flower's Python simulation entry point carries no run config.
+
+Per-device state lives in ``context.state`` (coreset indices, selector records);
+the float reference arrives once per device and is kept in a per-process cache by
+content hash and on local disk, never in module-level per-device state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from safetensors.torch import load_file
+from torch import nn
+
+from fleet import protocol as P
+from fleet.config import ScenarioConfig, parse_config
+from fleet.device import run_device_round
+from fleet.fleetdata import fleet_data
+from fleet.models import build_model
+from fleet.reference import cache_dir, save_atomic, state_hash
+
+__all__ = ["app", "make_client_app", "config_from_run_config"]
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(items: tuple[tuple[str, Any], ...]) -> ScenarioConfig:
+    return parse_config(dict(items))
+
+
+def config_from_run_config(run_config: Mapping[str, Any]) -> ScenarioConfig:
+    """Parse (once per process) the scenario carried by a run config."""
+    return _parse(tuple(sorted(run_config.items(), key=lambda kv: kv[0])))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reference(cfg: ScenarioConfig, ref_hash: str) -> nn.Module | None:
+    path = cache_dir(cfg) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
+    if not path.is_file():
+        return None
+    return _as_model(cfg, load_file(str(path)))
+
+
+def _as_model(cfg: ScenarioConfig, state: dict[str, torch.Tensor]) -> nn.Module:
+    ds = fleet_data(cfg).dataset
+    model = build_model(cfg.model.arch, ds.in_shape, ds.num_classes)
+    model.load_state_dict(state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _reference(cfg: ScenarioConfig, ref_hash: str, content: RecordDict) -> nn.Module:
+    """The frozen reference: from the message the first time (then cached by hash), else from the cache."""
+    if P.REFERENCE in content:
+        state = {k: torch.from_numpy(np.array(v.numpy())) for k, v in content[P.REFERENCE].items()}
+        if state_hash(state) != ref_hash:
+            raise ValueError("reference arrays do not match their hash")
+        path = Path(cache_dir(cfg)) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
+        if not path.is_file():
+            save_atomic(state, path)
+        _cached_reference.cache_clear()
+    model = _cached_reference(cfg, ref_hash)
+    if model is None:
+        raise RuntimeError(f"float reference {ref_hash} was never received by this device")
+    return model
+
+
+def _load_state(context: Context) -> dict[str, np.ndarray]:
+    if P.STATE_ARRAYS not in context.state:
+        return {}
+    return {k: np.array(v.numpy()) for k, v in context.state[P.STATE_ARRAYS].items()}
+
+
+def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
+    ins = P.DeviceInstruction.from_record(msg.content[P.CONFIG])
+    own = int(context.node_config.get("partition-id", ins.device))
+    if own != ins.device:
+        raise ValueError(f"instruction for device {ins.device} reached device {own}")
+    global_arrays = {k: np.array(v.numpy()) for k, v in msg.content[P.ARRAYS].items()}
+    downlink = msg.content[P.ARRAYS].count_bytes()
+    if P.REFERENCE in msg.content:
+        downlink += msg.content[P.REFERENCE].count_bytes()
+    reference = _reference(cfg, ins.ref_hash, msg.content)
+    out = run_device_round(cfg, ins, global_arrays, reference, _load_state(context), downlink)
+    context.state[P.STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.state.items()})
+    metrics, report = out.report.to_records()
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.payload.items()})
+    return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics, P.REPORT: report}), reply_to=msg)
+
+
+def _handle_query(msg: Message, context: Context) -> Message:
+    """Roster query: which device (partition) this node is."""
+    pid = int(context.node_config.get("partition-id", -1))
+    return Message(RecordDict({P.REPORT: ConfigRecord({"device": pid})}), reply_to=msg)
+
+
+def make_client_app(flat_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp; with ``flat_config`` bound, it ignores the run config (in-process runs)."""
+    bound = dict(flat_config) if flat_config is not None else None
+    client = ClientApp()
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = config_from_run_config(bound if bound is not None else context.run_config)
+        torch.set_num_threads(1)  # one simulated device per Ray CPU slot
+        return _handle_train(msg, context, cfg)
+
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        return _handle_query(msg, context)
+
+    return client
+
+
+app = make_client_app()

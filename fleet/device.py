@@ -1,0 +1,172 @@
+"""One simulated edge device for one round, free of Flower.
+
+profile -> local data -> on-device evaluation of the received model -> memory check
+-> coreset selection -> deadline check -> (quantization-aware) training with KD,
+CLC and QGT -> encode the update -> cost on the virtual clock.
+
+Per-device state (coreset indices, selector records) comes in and goes out as a
+small dict of numpy arrays; the caller keeps it between rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleet import faults as faultlib
+from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.codecs import build_codec, payload_nbytes
+from fleet.config import ScenarioConfig
+from fleet.coreset.base import SelectionContext
+from fleet.coreset.persistence import select_or_reuse
+from fleet.coreset.selectors import build_selector
+from fleet.costs import RoundCost, apply_deadline, device_round_cost, model_flops
+from fleet.fleetdata import device_data, fleet_data
+from fleet.memory import estimate_peak_memory, fit_batch_size
+from fleet.models import block_names, build_model
+from fleet.hardware import resolve_profile
+from fleet.protocol import DeviceInstruction, DeviceReport
+from fleet.train import evaluate, train_local
+
+__all__ = ["DeviceRound", "run_device_round", "clc_layer_names", "codec_for"]
+
+State = dict[str, np.ndarray]
+
+
+@dataclass
+class DeviceRound:
+    """The outcome of one device-round: the encoded update (empty when none), the report, the new state."""
+
+    payload: dict[str, np.ndarray]
+    report: DeviceReport
+    state: State = field(default_factory=dict)
+
+
+def clc_layer_names(cfg: ScenarioConfig, model: nn.Module) -> list[str]:
+    """``train.clc-layers`` resolved against the model's blocks ('all' = every block)."""
+    text = cfg.train.clc_layers.strip()
+    if text == "all":
+        return block_names(model)
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def codec_for(cfg: ScenarioConfig):  # noqa: ANN201 - a Codec
+    opts = {"per_channel": cfg.quant.codec_per_channel} if cfg.quant.codec.startswith("delta") else {}
+    return build_codec(cfg.quant.codec, **opts)
+
+
+@functools.lru_cache(maxsize=8)
+def _flops(arch: str, in_shape: tuple[int, int, int], num_classes: int) -> int:
+    return model_flops(build_model(arch, in_shape, num_classes), in_shape)
+
+
+def _rng(cfg: ScenarioConfig, ins: DeviceInstruction, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.federation.seed, ins.device, ins.server_round, purpose])
+
+
+def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays: dict[str, np.ndarray],
+                     reference: nn.Module, state: State, downlink_bytes: int) -> DeviceRound:
+    """Run one round on device ``ins.device`` (see module docstring)."""
+    t0 = time.perf_counter()
+    ds = fleet_data(cfg).dataset
+    data = device_data(cfg, ins.device)
+    profile = resolve_profile(cfg, ins.profile)
+    method = cfg.coreset.method
+    rep = DeviceReport(device=ins.device, profile=ins.profile, method=method, bits=ins.weight_bits,
+                       local_size=len(data.y), downlink_bytes=downlink_bytes, fault=ins.fault)
+    gen = torch.Generator().manual_seed(int(_rng(cfg, ins, 1).integers(2**62)))
+    faultlib.maybe_crash(ins.fault)
+
+    quantized = is_quantized(ins.weight_bits, ins.act_bits)
+    model = trainable_model(cfg, reference, ins.weight_bits, ins.act_bits)
+    load_arrays(model, global_arrays)
+    if len(data.y_val):
+        rep.accuracy, _ = evaluate(model, data.x_val, data.y_val)
+
+    # Memory: estimate the round's peak; over budget the device fails or shrinks its batch.
+    batch = ins.batch_size or cfg.train.batch_size
+    teacher = reference if (quantized and cfg.train.kd) or cfg.train.clc_beta != 0.0 else None
+    est = estimate_peak_memory(model, ds.in_shape, batch, optimizer=cfg.train.optimizer,
+                               momentum=cfg.train.momentum, teacher=teacher, quantized=quantized)
+    rep.peak_mem_mb = est.total_bytes / 2**20
+    if rep.peak_mem_mb > profile.memory_mb:
+        fitted = None
+        if cfg.devices.memory_policy == "shrink-batch":
+            fitted = fit_batch_size(model, ds.in_shape, batch, profile.memory_mb, optimizer=cfg.train.optimizer,
+                                    momentum=cfg.train.momentum, teacher=teacher, quantized=quantized)
+        if fitted is None:
+            rep.status, rep.error = "oom", f"needs {rep.peak_mem_mb:.1f} MB, budget {profile.memory_mb:g} MB"
+            rep.wall_s = time.perf_counter() - t0
+            return DeviceRound({}, rep, state)
+        batch = fitted
+        rep.peak_mem_mb = estimate_peak_memory(model, ds.in_shape, batch, optimizer=cfg.train.optimizer,
+                                               momentum=cfg.train.momentum, teacher=teacher,
+                                               quantized=quantized).total_bytes / 2**20
+    rep.batch_size = batch
+
+    # Coreset: scored with the current (received) model and the frozen reference, reused between re-selections.
+    new_state = dict(state)
+    x, y = data.x, data.y
+    if method != "full":
+        ctx = SelectionContext(qmodel=model, fpmodel=reference, epoch=ins.server_round - 1,
+                               total_epochs=cfg.federation.rounds, rng=_rng(cfg, ins, 2),
+                               num_classes=ds.num_classes, balanced=cfg.coreset.balanced,
+                               score_norm=cfg.coreset.score_norm, schedule=cfg.coreset.schedule)
+        selector = build_selector(method, **({"redraw": cfg.coreset.redraw} if method == "random" else {}))
+        res = select_or_reuse(selector, x, y, cfg.coreset.fraction, ctx, state, ins.participation,
+                              cfg.coreset.reselect_every)
+        new_state = res.state
+        rep.scoring_passes = res.scoring_passes
+        sel = torch.from_numpy(res.indices)
+        x, y = x[sel], y[sel]
+    rep.coreset_size = len(y)
+    rep.weight = float(len(y) if cfg.strategy.weight_by == "coreset" else len(data.y))
+
+    # The virtual clock: predict the round before training, so a straggler spends no real compute.
+    codec = codec_for(cfg)
+    qinfo = model_quant_info(model) if quantized else None
+    base = state_arrays(model)
+    up_bytes = payload_nbytes(codec.encode(base, base, _rng(cfg, ins, 3), qinfo))
+    flops = _flops(cfg.model.arch, ds.in_shape, ds.num_classes)
+    train_n = len(y) * cfg.train.local_epochs
+    teacher_n = train_n if teacher is not None else 0
+    cost = device_round_cost(profile, flops, train_n, teacher_n, rep.scoring_passes, up_bytes, downlink_bytes)
+    status, work = apply_deadline(cost, ins.deadline_s, cfg.devices.straggler_policy)
+    max_steps = None
+    if status != "ok":
+        rep.status = status
+        _charge(rep, cost)
+        rep.wall_s = time.perf_counter() - t0
+        return DeviceRound({}, rep, new_state)
+    if work < 1.0:
+        steps = -(-len(y) // batch) * cfg.train.local_epochs
+        max_steps = max(1, int(work * steps))
+
+    clc = clc_layer_names(cfg, model) if cfg.train.clc_beta != 0.0 else None
+    result = train_local(model, x, y, cfg.train, gen=gen, teacher=teacher, clc_layers=clc,
+                         qgt_bits=ins.weight_bits, prox_mu=ins.proximal_mu, batch_size=batch,
+                         max_steps=max_steps)
+    rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
+    if clc:
+        rep.extra = {"kd-clc-ratio": result.kd_clc_ratio, "clc-beta": result.beta}
+
+    local = state_arrays(model)
+    payload = codec.encode(local, global_arrays, _rng(cfg, ins, 4), qinfo)
+    payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, _rng(cfg, ins, 5))
+    rep.uplink_bytes = payload_nbytes(payload)
+    cost = device_round_cost(profile, flops, rep.train_samples, rep.teacher_passes, rep.scoring_passes,
+                             rep.uplink_bytes, downlink_bytes)
+    _charge(rep, cost)
+    faultlib.maybe_hang(ins.fault, cfg.federation.round_timeout_s)
+    rep.wall_s = time.perf_counter() - t0
+    return DeviceRound(payload, rep, new_state)
+
+
+def _charge(rep: DeviceReport, cost: RoundCost) -> None:
+    rep.compute_s, rep.comm_s, rep.sim_time_s, rep.energy_j = (
+        cost.compute_s, cost.comm_s, cost.total_s, cost.energy_j)

@@ -1,0 +1,192 @@
+"""On-device calibration of a QCore model per stream batch, with its FLOP cost.
+
+Methods (``CALIBRATIONS``):
+
+* ``bfn``: one bit-flip step of every layer's codes predicted by the BFNs from the
+  core's activations (ALGORITHMS.md §4.5 step 1). Forward passes only.
+* ``backprop-qcore``: back-prop calibration on the QCore (§4.4: Adam, CE). Latent
+  float weights with an STE move the integer codes (the released code's cache makes
+  its BP train biases/BN only; we follow the intent). Biases and BatchNorm affine
+  parameters train too; BatchNorm stays in eval mode so 20 samples do not overwrite
+  the running statistics.
+* ``backprop-random``: the same on a random core of the same size (``CORE_POLICY``).
+* ``none``: nothing.
+
+FLOPs: forward = 2 * MACs per sample of the quantized Conv2d/Linear layers (norms,
+activations and quantizer arithmetic are not counted); backward = 2 * forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fleet.qcore.bfn import BFNSet, FlipPair, capture_inputs
+from fleet.qcore.quant import QConv2d, QLinear, qcore_layers
+
+__all__ = [
+    "CalibrationContext",
+    "forward_flops",
+    "backprop_calibrate",
+    "record_flip_pairs",
+    "CALIBRATIONS",
+    "CORE_POLICY",
+    "build_calibration",
+]
+
+
+@dataclass(frozen=True)
+class CalibrationContext:
+    """Read-only settings of one calibration call.
+
+    Parameters
+    ----------
+    forward_flops : int
+        Forward FLOPs of the model per sample (``forward_flops(model, in_shape)``).
+    epochs : int
+        BP epochs per stream batch (default: 10; the code uses 50 off-device).
+    lr : float
+        Adam learning rate (default: 0.01, the code's).
+    batch_size : int
+        BP batch size (default: 128; a 20-sample core is one full batch).
+    bfns : BFNSet or None
+        Trained BFNs, needed by ``bfn`` (default: None).
+    """
+
+    forward_flops: int
+    epochs: int = 10
+    lr: float = 0.01
+    batch_size: int = 128
+    bfns: BFNSet | None = None
+
+
+def forward_flops(model: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    """Forward FLOPs per sample: 2 * MACs of the quantized Conv2d/Linear layers."""
+    macs = 0
+
+    def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(m, QConv2d):
+            k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            macs += out[0].numel() * k
+        elif isinstance(m, QLinear):
+            macs += m.in_features * m.out_features
+    hooks = [m.register_forward_hook(hook) for m in qcore_layers(model).values()]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *in_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return 2 * macs
+
+
+def backprop_calibrate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ctx: CalibrationContext,
+    on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+) -> int:
+    """BP calibration of a QCore model on ``(x, y)``; returns the FLOPs spent.
+
+    ``on_step(step, layer_inputs)`` (optional) sees each step's layer inputs before
+    the update, for recording BFN training pairs.
+    """
+    layers = qcore_layers(model)
+    for layer in layers.values():
+        layer.start_latent()
+    model.eval()  # frozen BN statistics and activation ranges
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ctx.lr)
+    step = 0
+    for _ in range(ctx.epochs):
+        for i in range(0, len(y), ctx.batch_size):
+            opt.zero_grad()
+            if on_step is None:
+                logits = model(x[i : i + ctx.batch_size])
+            else:
+                inputs, logits = capture_inputs(model, x[i : i + ctx.batch_size])
+                on_step(step, inputs)
+            F.cross_entropy(logits, y[i : i + ctx.batch_size]).backward()
+            opt.step()
+            step += 1
+    for layer in layers.values():
+        layer.commit_latent()
+    return 3 * ctx.forward_flops * ctx.epochs * len(y)
+
+
+def record_flip_pairs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: CalibrationContext,
+    bfns: BFNSet, every: int = 1,
+) -> dict[str, list[FlipPair]]:
+    """Run BP calibration and record BFN training pairs (off-device, §4.4).
+
+    At every ``every``-th step t we keep, per layer, the BFN features of its inputs
+    on the core and its current codes c_t; after calibration the target is
+    ``sign(c_end - c_t)``: the direction BP still moves each code from that state.
+    """
+    layers = qcore_layers(model)
+    snaps: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+
+    def on_step(step: int, inputs: dict[str, torch.Tensor]) -> None:
+        if step % every == 0:
+            feats = {n: bfns[n].features(a) for n, a in inputs.items()}
+            snaps.append((feats, {n: layers[n].current_codes() for n in inputs}))
+
+    backprop_calibrate(model, x, y, ctx, on_step)
+    pairs: dict[str, list[FlipPair]] = {n: [] for n in layers}
+    for feats, codes in snaps:
+        for n in layers:
+            target = torch.sign(layers[n].codes.float() - codes[n].float())
+            pairs[n].append((feats[n], codes[n], target))
+    return pairs
+
+
+Calibration = Callable[[nn.Module, torch.Tensor, torch.Tensor, CalibrationContext], int]
+
+
+def _calibrate_none(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    ctx: CalibrationContext) -> int:
+    return 0
+
+
+def _calibrate_bfn(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   ctx: CalibrationContext) -> int:
+    if ctx.bfns is None:
+        raise ValueError("calibration 'bfn' needs trained BFNs (CalibrationContext.bfns)")
+    # Labels are not used: the BFN sees activations only.
+    return ctx.forward_flops * len(x) + ctx.bfns.apply(model, x)
+
+
+def _calibrate_backprop(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        ctx: CalibrationContext) -> int:
+    return backprop_calibrate(model, x, y, ctx)
+
+
+CALIBRATIONS: dict[str, Calibration] = {
+    "bfn": _calibrate_bfn,
+    "backprop-qcore": _calibrate_backprop,
+    "backprop-random": _calibrate_backprop,
+    "none": _calibrate_none,
+}
+
+# Which core each method calibrates on: the miss-sampled QCore (updated per batch),
+# a uniformly re-sampled core of the same size, or the fixed deployment core.
+CORE_POLICY: dict[str, str] = {
+    "bfn": "qcore",
+    "backprop-qcore": "qcore",
+    "backprop-random": "random",
+    "none": "fixed",
+}
+
+
+def build_calibration(name: str) -> Calibration:
+    """Calibration function by name; ValueError lists the valid names."""
+    if name not in CALIBRATIONS:
+        raise ValueError(f"unknown calibration '{name}'; valid: {', '.join(CALIBRATIONS)}")
+    return CALIBRATIONS[name]

@@ -1,0 +1,120 @@
+"""The ``fleet`` command: run scenarios, and look at what they did.
+
+Bad input exits with code 2 and one line on stderr naming the key or file; nothing
+already on disk is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet.config import ConfigError
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = "Scenario keys: docs/scenario-keys.md. Results: docs/results.md."
+#: Subcommands that live in their own modules (each has add_parser(subparsers) and main(args)).
+SUBCOMMAND_MODULES = ("simulations.report", "simulations.sweep", "simulations.compare", "simulations.resume")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a scenario on a simulated fleet (Flower + Ray, in-process)",
+                       description="Run SCENARIO: a TOML file of run-config keys, or the name of a file in "
+                                   "simulations/scenarios/ (e.g. 'quickstart').", epilog=EPILOG)
+    p.add_argument("scenario", help="scenario file or built-in scenario name")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key, e.g. --set federation.rounds=10 (repeatable)")
+    p.add_argument("--out", default=None, help="run directory (must not exist or be empty; "
+                                               "default runs/<scenario>/<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="logs only, no live progress display")
+    p.add_argument("--no-report", action="store_true", help="do not write plots and report.md at the end")
+    p.add_argument("--verbose", action="store_true", help="Flower's and Ray's debug logs")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulations.progress import Progress
+    from simulations.results import new_run_dir
+    from simulations.runner import load_config, preflight, run_config
+
+    cfg, _ = load_config(args.scenario, args.overrides)
+    for w in preflight(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    run_dir = new_run_dir("runs", cfg.name, args.out or cfg.output.dir or None)
+    print(f"run directory: {run_dir}")
+    with Progress(cfg, quiet=args.quiet) as bar:
+        summary = run_config(cfg, run_dir, progress=bar.update, verbose=args.verbose)
+    _print_summary(summary)
+    if not args.no_report:
+        try:
+            from simulations.report import write_report
+
+            print(f"report: {write_report(run_dir)}")
+        except ImportError:
+            pass
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    print(f"final accuracy {pct(s.get('final_accuracy'))} (float reference {pct(s.get('fp_reference_accuracy'))}) "
+          f"after {s.get('rounds_completed')} rounds; W{s.get('weight_bits')}A{s.get('act_bits')}, "
+          f"model {s.get('model_size_bytes', 0) / 1024:.1f} KiB (fp32 {s.get('fp32_model_size_bytes', 0) / 1024:.1f} KiB)")
+    print(f"device-rounds ok {s.get('device_rounds_completed')}, failed {s.get('device_rounds_failed')}, "
+          f"dropped {s.get('device_rounds_dropped')}; uplink {s.get('uplink_bytes', 0) / 2**20:.2f} MiB, "
+          f"downlink {s.get('downlink_bytes', 0) / 2**20:.2f} MiB; wall {s.get('wall_time_s', 0):.1f} s, "
+          f"simulated {s.get('sim_time_s', 0):.1f} s")
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="list every scenario key with its default and meaning")
+    p.set_defaults(func=lambda a: print(__import__("simulations.keysdoc", fromlist=["x"]).render()) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet", description="edgefleet: simulate fleets of privacy-bound edge devices that learn low-bit "
+                                  "quantized models together (Flower + PyTorch + Ray).", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_keys(sub)
+    for mod in SUBCOMMAND_MODULES:
+        try:
+            importlib.import_module(mod).add_parser(sub)
+        except ImportError:
+            continue
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        func = getattr(args, "func", None)
+        return int(func(args) if func is not None else importlib.import_module(args.module).main(args))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if len(str(exc).splitlines()) == 1 and type(exc).__module__.split(".")[0] in ("fleet", "strategies",
+                                                                                     "simulations", "builtins"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        from simulations.engine import shutdown_ray
+
+        shutdown_ray()
+        print("interrupted: finished rounds are on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

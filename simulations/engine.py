@@ -1,0 +1,61 @@
+"""The one place that starts Flower's simulation engine (Ray) for in-process runs.
+
+Flower deprecated ``run_simulation`` in 1.28 in favour of ``flwr run``; it is still
+the only way to run a whole federation inside one Python process, so ``fleet run``
+and the tests use it, and moving to the supported path is a change to this module
+only. ``flwr run .`` uses the same ServerApp and ClientApp through
+``[tool.flwr.app.components]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+from fleet.config import ScenarioConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["backend_config", "simulate", "shutdown_ray"]
+
+
+def backend_config(cfg: ScenarioConfig) -> dict[str, Any]:
+    """Ray settings from the scenario's ``[ray]`` table."""
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if cfg.ray.address:
+        init_args["address"] = cfg.ray.address  # join an existing cluster (ray start --head ...)
+    elif cfg.ray.num_cpus:
+        init_args["num_cpus"] = cfg.ray.num_cpus
+    return {
+        "client_resources": {"num_cpus": cfg.ray.num_cpus_per_device, "num_gpus": cfg.ray.num_gpus_per_device},
+        "init_args": init_args,
+    }
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray driver and the workers it started (safe to call twice)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception as exc:  # noqa: BLE001 - shutting down must never raise
+        log.debug("ray shutdown: %s", exc)
+
+
+def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, verbose: bool = False) -> None:
+    """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray."""
+    from flwr.simulation import run_simulation
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(server_app=server_app, client_app=client_app,
+                           num_supernodes=cfg.federation.num_devices, backend_config=backend_config(cfg),
+                           verbose_logging=verbose)
+    finally:
+        shutdown_ray()

@@ -1,0 +1,125 @@
+"""The fleet's Flower ServerApp: composes a scenario into a run and writes its results.
+
+``app`` is what ``flwr run`` loads (scenario from ``context.run_config``, results
+under ``output.dir`` or ``runs/flwr/<timestamp>``); ``make_server_app`` binds a
+scenario and a run directory for ``fleet run``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.config import ScenarioConfig, parse_config
+from fleet.device import codec_for
+from fleet.fleetdata import fleet_data
+from fleet.quant.convert import init_quantizers
+from fleet.reference import reference_model, save_atomic
+from fleet.train import evaluate
+from simulations.deploy import export_deployable
+from simulations.results import RunDir, new_run_dir
+from strategies.fleet import FleetStrategy
+from strategies.loader import load_strategy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["app", "make_server_app", "run_fleet"]
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)  # Flower's own samplers use the global `random`
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run the scenario's federated phase on ``grid``; returns the summary."""
+    _seed_everything(cfg.federation.seed)
+    out = RunDir(run_dir, cfg)
+    out.write_config()
+    out.write_summary("running")
+    fd = fleet_data(cfg)
+    ds = fd.dataset
+    out.write_partition(fd.histograms(), [len(t) for t in fd.train], [len(v) for v in fd.val])
+    reference, ref_hash, fp_acc = reference_model(cfg, fd)
+    out.summary["fp_reference_accuracy"] = fp_acc
+    wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
+    model = trainable_model(cfg, reference, wb, ab)
+    quantized = is_quantized(wb, ab)
+    if quantized:
+        calib = fd.public if len(fd.public) else np.concatenate(fd.train)[:256]
+        init_quantizers(model, ds.x_train[calib[:256]])
+    initial = state_arrays(model)
+    codec = codec_for(cfg)
+    qinfo = model_quant_info(model) if quantized else None
+    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+    ref_state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
+    strategy = FleetStrategy(inner, cfg, codec, qinfo, ref_state, ref_hash)
+    strategy.discover(grid, timeout=cfg.federation.round_timeout_s)
+    x_test, y_test = ds.x_test, ds.y_test
+    if cfg.data.test_limit:
+        x_test, y_test = x_test[: cfg.data.test_limit], y_test[: cfg.data.test_limit]
+    eval_model = copy.deepcopy(model)
+    clock = {"t": time.perf_counter()}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_arrays(eval_model, {k: np.array(v.numpy()) for k, v in arrays.items()})
+        acc, loss = evaluate(eval_model, x_test, y_test)
+        if server_round > 0 and strategy.last is not None:
+            now = time.perf_counter()
+            row = out.record_round(strategy.last, acc, loss, now - clock["t"])
+            clock["t"] = now
+            if progress is not None:
+                progress(row)
+        elif progress is not None:
+            progress({"round": 0, "accuracy": acc})
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+                            num_rounds=cfg.federation.rounds, timeout=cfg.federation.round_timeout_s,
+                            evaluate_fn=evaluate_fn)
+    final = result.arrays if result.arrays is not None and len(result.arrays) else None
+    load_arrays(eval_model, {k: np.array(v.numpy()) for k, v in (final or ArrayRecord(
+        {k: Array(v) for k, v in initial.items()})).items()})
+    save_atomic(eval_model.state_dict(), run_dir / "model.safetensors")
+    extra = export_deployable(eval_model, reference, cfg, run_dir, x_test, y_test) if quantized else {
+        "model_size_bytes": _fp32_bytes(eval_model), "fp32_model_size_bytes": _fp32_bytes(eval_model)}
+    return out.write_summary("complete", **extra)
+
+
+def _fp32_bytes(model: torch.nn.Module) -> int:
+    return sum(v.numel() * 4 for k, v in model.state_dict().items() if v.is_floating_point())
+
+
+def make_server_app(flat_config: Mapping[str, Any] | None = None, run_dir: Path | None = None,
+                    progress: ProgressFn | None = None, on_summary: Callable[[dict], None] | None = None,
+                    name: str = "scenario") -> ServerApp:
+    """A ServerApp; with a bound scenario and run directory it ignores the run config (``fleet run``)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        flat = dict(flat_config) if flat_config is not None else dict(context.run_config)
+        cfg = parse_config(flat, name=name if flat_config is not None else "flwr")
+        path = run_dir or new_run_dir("runs", "flwr", cfg.output.dir or None)
+        summary = run_fleet(grid, cfg, path, progress)
+        if on_summary is not None:
+            on_summary(summary)
+
+    return server
+
+
+app = make_server_app()

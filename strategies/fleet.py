@@ -1,0 +1,249 @@
+"""FleetStrategy: the cross-cutting server side of a quantized edge fleet, wrapping a Flower strategy.
+
+It does what every strategy in this fleet needs, and hands the rest to an inner
+Flower Message-API strategy (built-in or the user's), as Flower's DP wrappers do:
+
+- roster: which Flower node is which device (one ``query`` round at start);
+- sampling: online devices only (availability model), seeded by (seed, round),
+  with optional over-selection; per-device instructions (profile, bits by
+  capability, deadline, injected faults) and the float reference sent once;
+- replies: failures, timeouts, stragglers, out-of-memory and offline devices are
+  recorded with their status; payloads are decoded with the run's codec and
+  screened by the guard; only then does ``inner.aggregate_train`` see them, as
+  plain float updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fleet import protocol as P
+from fleet.codecs import Codec
+from fleet.config import ScenarioConfig
+from fleet.hardware import availability_model, catalogue, device_profiles
+from fleet.profiles import nearest_bits
+from strategies.guard import screen_updates
+from strategies.sampling import draw_faults, sample_devices
+
+__all__ = ["FleetStrategy", "RoundLog"]
+
+
+@dataclass
+class RoundLog:
+    """Everything that happened to the devices in one round (read by the results recorder)."""
+
+    server_round: int
+    reports: list[P.DeviceReport] = field(default_factory=list)
+    sampled: int = 0
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    sim_time_s: float = 0.0
+
+
+class FleetStrategy(Strategy):
+    """Wraps ``inner`` (a Flower ``Strategy``) with the fleet's sampling, decoding, guard and accounting.
+
+    Parameters
+    ----------
+    inner : Strategy
+        Aggregates decoded float updates (``fedavg``, ``fedadam``, a user's class...).
+    cfg : ScenarioConfig
+        The scenario.
+    codec : Codec
+        Decoder of the devices' uploads (the run's ``quant.codec``).
+    qinfo : QuantInfo or None
+        Which weights are quantized (for the ``qweights`` codec).
+    reference : dict of str to np.ndarray
+        The float reference's state, sent to each device once.
+    ref_hash : str
+        Its content hash.
+    """
+
+    def __init__(self, inner: Strategy, cfg: ScenarioConfig, codec: Codec, qinfo: Any,
+                 reference: dict[str, np.ndarray], ref_hash: str) -> None:
+        self.inner, self.cfg, self.codec, self.qinfo = inner, cfg, codec, qinfo
+        self.reference = ArrayRecord({k: Array(v) for k, v in reference.items()})
+        self.ref_hash = ref_hash
+        self.profiles = device_profiles(cfg)
+        self.catalogue = catalogue(cfg)
+        self.availability = availability_model(cfg)
+        self.roster: dict[int, int] = {}  # node id -> device index
+        self.nodes: dict[int, int] = {}  # device index -> node id
+        self.participation = np.zeros(cfg.federation.num_devices, dtype=np.int64)
+        self.has_reference = np.zeros(cfg.federation.num_devices, dtype=bool)
+        self.round_offset = 0  # rounds already done before this start() (resume)
+        self.current: dict[str, np.ndarray] = {}
+        self.pending: dict[int, P.DeviceReport] = {}
+        self.last: RoundLog | None = None
+
+    # -- roster --------------------------------------------------------------------------------
+    def discover(self, grid: Grid, timeout: float) -> None:
+        """Ask every node which device it simulates (Flower's node ids are random)."""
+        node_ids = sorted(grid.get_node_ids())
+        msgs = [Message(RecordDict({P.CONFIG: ConfigRecord({"ask": "device"})}), dst_node_id=n,
+                        message_type=MessageType.QUERY) for n in node_ids]
+        for reply in grid.send_and_receive(msgs, timeout=timeout):
+            if reply.has_error():
+                continue
+            dev = int(reply.content[P.REPORT]["device"])
+            self.roster[reply.metadata.src_node_id] = dev
+            self.nodes[dev] = reply.metadata.src_node_id
+        missing = self.cfg.federation.num_devices - len(self.nodes)
+        if missing:
+            log(WARNING, "roster: %d devices did not answer and will never be sampled", missing)
+
+    # -- per-round instructions ----------------------------------------------------------------
+    def _bits(self, device: int) -> tuple[int, int]:
+        prof = self.catalogue[self.profiles[device]]
+        w = nearest_bits(self.cfg.quant.weight_bits, prof.bits)
+        a = self.cfg.quant.act_bits if w != 32 else 32
+        return w, a
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        rnd = server_round + self.round_offset
+        self.current = {k: np.array(v.numpy()) for k, v in arrays.items()}
+        extra = self._inner_config(server_round, arrays, config, grid)
+        online = self.availability.online(rnd)
+        online &= np.isin(np.arange(len(online)), list(self.nodes))
+        want = int(round(self.cfg.federation.devices_per_round * self.cfg.devices.over_selection))
+        chosen = sample_devices(online, want, self.cfg.federation.seed, rnd)
+        faults = draw_faults(self.cfg.faults, chosen, self.cfg.federation.seed, rnd)
+        self.last = RoundLog(rnd, sampled=len(chosen))
+        self.pending = {}
+        model_bytes = arrays.count_bytes()
+        msgs = []
+        for dev in chosen:
+            w, a = self._bits(dev)
+            ins = P.DeviceInstruction(
+                server_round=rnd, device=int(dev), profile=self.profiles[dev], weight_bits=w, act_bits=a,
+                participation=int(self.participation[dev]), ref_hash=self.ref_hash,
+                deadline_s=self.cfg.devices.deadline_s, fault=faults.get(int(dev), ""),
+                proximal_mu=float(extra.get("proximal-mu", 0.0)))
+            content = RecordDict({P.ARRAYS: arrays, P.CONFIG: ins.to_record()})
+            down = model_bytes
+            if not self.has_reference[dev]:
+                content[P.REFERENCE] = self.reference
+                down += self.reference.count_bytes()
+                self.has_reference[dev] = True  # counted once: the device keeps it
+            self.last.downlink_bytes += down
+            pending = P.DeviceReport(device=int(dev), profile=self.profiles[dev], bits=w, downlink_bytes=down,
+                                     method=self.cfg.coreset.method, fault=ins.fault)
+            if self.availability.dropped(rnd, int(dev)):
+                pending.status, pending.error = "offline", "went offline during the round"
+                self.last.reports.append(pending)
+                continue
+            self.pending[self.nodes[int(dev)]] = pending
+            msgs.append(Message(content, dst_node_id=self.nodes[int(dev)], message_type=MessageType.TRAIN))
+        log(INFO, "round %d: sampled %d of %d online devices", rnd, len(chosen), int(online.sum()))
+        return msgs
+
+    def _inner_config(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                      grid: Grid) -> dict[str, Any]:
+        """Let the inner strategy see the round (FedOpt keeps current arrays; FedProx adds proximal-mu)."""
+        msgs = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
+        if not msgs:
+            return {}
+        rec = msgs[0].content.get(getattr(self.inner, "configrecord_key", P.CONFIG))
+        return dict(rec) if rec is not None else {}
+
+    # -- replies -------------------------------------------------------------------------------
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.last is not None
+        log_ = self.last
+        decoded: dict[int, dict[str, np.ndarray]] = {}
+        ok: dict[int, P.DeviceReport] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            pending = self.pending.pop(node, None)
+            if pending is None:
+                continue
+            if msg.has_error():
+                pending.status, pending.error = "failed", _one_line(msg.error.reason)
+                log_.reports.append(pending)
+                continue
+            rep = P.DeviceReport.from_records(msg.content[P.METRICS], msg.content[P.REPORT])
+            rep.downlink_bytes = pending.downlink_bytes
+            log_.reports.append(rep)
+            self.participation[rep.device] += 1
+            if rep.status != "ok":
+                continue
+            log_.uplink_bytes += rep.uplink_bytes
+            payload = {k: np.array(v.numpy()) for k, v in msg.content[P.ARRAYS].items()}
+            try:
+                decoded[rep.device] = self.codec.decode(payload, self.current, self.qinfo)
+            except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update
+                rep.status, rep.error = "rejected", _one_line(f"undecodable update: {exc}")
+                continue
+            ok[rep.device] = rep
+        for pending in self.pending.values():  # never answered within the round timeout
+            pending.status, pending.error = "failed", "no reply within federation.round-timeout-s"
+            log_.reports.append(pending)
+        self.pending = {}
+        self._keep_first(ok, decoded)
+        accepted, rejected = screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
+        for r in rejected:
+            ok[r.device].status, ok[r.device].error = "rejected", r.reason
+            log(WARNING, "round %d: rejected update of device %d: %s", log_.server_round, r.device, r.reason)
+        log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
+        if not accepted:
+            return None, None
+        msgs = [_decoded_message(decoded[d], ok[d]) for d in accepted]
+        arrays, metrics = self.inner.aggregate_train(server_round, msgs)
+        return arrays, metrics
+
+    def _keep_first(self, ok: dict[int, P.DeviceReport], decoded: dict[int, dict[str, np.ndarray]]) -> None:
+        """Over-selection (FedScale): keep the devices-per-round that finish first; the rest are stragglers."""
+        k = self.cfg.federation.devices_per_round
+        if self.cfg.devices.over_selection <= 1.0 or len(ok) <= k:
+            return
+        order = sorted(ok, key=lambda d: (ok[d].sim_time_s, d))
+        for d in order[k:]:
+            ok[d].status, ok[d].error = "straggler", "over-selected: finished after the first devices-per-round"
+            decoded.pop(d)
+            del ok[d]
+
+    # -- evaluation is central (evaluate_fn); devices evaluate on-device inside train ----------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FleetStrategy: %d devices, %d per round, codec %s, weight by %s",
+            self.cfg.federation.num_devices, self.cfg.federation.devices_per_round, self.codec.name,
+            self.cfg.strategy.weight_by)
+        log(INFO, "\t└──> inner strategy: %s", type(self.inner).__name__)
+
+    # -- checkpointing -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"participation": self.participation.copy(), "has_reference": self.has_reference.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.participation = np.asarray(state["participation"], dtype=np.int64).copy()
+        self.has_reference = np.asarray(state["has_reference"], dtype=bool).copy()
+
+
+def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Message:
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+        "metrics": MetricRecord({P.WEIGHT_KEY: float(rep.weight), "bits": int(rep.bits), "device": int(rep.device)}),
+    })
+    return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "unknown error"
