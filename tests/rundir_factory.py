@@ -160,3 +160,34 @@ def write_run(
         summary.update(summary_extra or {})
         (path / "summary.json").write_text(json.dumps(summary, indent=1))
     return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk; raises AssertionError if not a PNG."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR", f"{path} has no IHDR chunk first"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def assert_readable_png(path: Path) -> None:
+    """A PNG of a reasonable size: 400..4000 px each side and more than 5 KB."""
+    width, height = png_size(path)
+    assert 400 <= width <= 4000 and 300 <= height <= 4000, (path, width, height)
+    assert path.stat().st_size > 5 * 1024, (path, path.stat().st_size)
+
+
+def fake_run(scenario: str, overrides: dict[str, str], out_dir: Path) -> None:
+    """A stand-in for ``simulations.runner.run_scenario``: writes a synthetic run.
+
+    Accuracy grows with ``coreset.fraction`` and is higher for method ``acs``, so the
+    comparison figures have something to show. Module-level so a spawn pool can pickle it.
+    """
+    seed = int(overrides.get("federation.seed", "0"))
+    cfg = base_config(seed)
+    frac = float(overrides.get("coreset.fraction", cfg["coreset"]["fraction"]))
+    method = overrides.get("coreset.method", cfg["coreset"]["method"])
+    cfg["coreset"] = {"method": method, "fraction": frac}
+    cfg["output"] = {"dir": str(out_dir)}
+    acc = 0.6 + 0.3 * frac + (0.05 if method == "acs" else 0.0) + 0.01 * seed
+    write_run(out_dir, seed=seed, config=cfg, final_accuracy=acc, qgt=False, continual=False)
