@@ -38,7 +38,7 @@ __all__ = [
     "profile_activations",
 ]
 
-MEMORY_POLICIES = ("shrink", "drop")
+MEMORY_POLICIES = ("fail", "shrink-batch")  # the values of devices.memory-policy
 _FP32 = 4
 _MIB = 2**20
 _QUANTIZED = (nn.Conv2d, nn.Linear)
@@ -284,11 +284,11 @@ def fit_batch_size(
 def apply_memory_policy(fitted: int | None, requested: int, policy: str) -> tuple[str, int]:
     """Turn ``fit_batch_size``'s answer into ``(status, batch_size)``.
 
-    ``"shrink"`` trains with the largest batch that fits; ``"drop"`` refuses any
-    batch smaller than requested. Status is ``"ok"`` or ``"oom"`` (batch 0).
+    ``"shrink-batch"`` trains with the largest batch that fits; ``"fail"`` refuses
+    any batch smaller than requested. Status is ``"ok"`` or ``"oom"`` (batch 0).
     """
     if policy not in MEMORY_POLICIES:
         raise ValueError(f"unknown memory policy '{policy}'; valid: {', '.join(MEMORY_POLICIES)}")
-    if fitted is None or (policy == "drop" and fitted < requested):
+    if fitted is None or (policy == "fail" and fitted < requested):
         return "oom", 0
     return "ok", fitted

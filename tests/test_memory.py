@@ -70,12 +70,12 @@ def test_fit_batch_size_and_both_memory_policies() -> None:
     assert fit_batch_size(tiny(), (1, 2, 2), 8, 207 / MIB) is None  # 180 + 28 > 207
     # Adam's second copy (+60 B) leaves room for floor((320 - 240) / 28) = 2 samples.
     assert fit_batch_size(tiny(), (1, 2, 2), 8, budget_mb, optimizer="adam") == 2
-    # "shrink" trains with what fits, "drop" refuses a smaller batch.
-    assert apply_memory_policy(5, 8, "shrink") == ("ok", 5)
-    assert apply_memory_policy(5, 8, "drop") == ("oom", 0)
-    assert apply_memory_policy(3, 3, "drop") == ("ok", 3)
-    assert apply_memory_policy(None, 8, "shrink") == ("oom", 0)
-    with pytest.raises(ValueError, match="valid: shrink, drop"):
+    # "shrink-batch" trains with what fits, "fail" refuses a smaller batch.
+    assert apply_memory_policy(5, 8, "shrink-batch") == ("ok", 5)
+    assert apply_memory_policy(5, 8, "fail") == ("oom", 0)
+    assert apply_memory_policy(3, 3, "fail") == ("ok", 3)
+    assert apply_memory_policy(None, 8, "shrink-batch") == ("oom", 0)
+    with pytest.raises(ValueError, match="valid: fail, shrink-batch"):
         apply_memory_policy(5, 8, "swap")
 
 
