@@ -116,7 +116,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
 
 
 def result_from_run(run: Run, keys: Sequence[str], setting: Sequence[str] | None = None) -> Result:
-    """A :class:`Result` from a loaded run; ``setting`` defaults to its config values of ``keys``."""
+    """A :class:`Result` from a loaded run (``setting`` default: its config values of ``keys``)."""
     flat = run.flat_config
     values = tuple(setting) if setting is not None else tuple(
         _fmt(flat.get(k, "<unset>")) for k in keys)
@@ -241,7 +241,7 @@ def add_parser(subparsers: Any) -> None:
         "compare",
         help="compare runs made by hand: mean and 95%% interval per setting",
         description="Group runs by the config values that differ between them (seeds are "
-        "pooled; output.* and ray.* keys are ignored) and write compare.md with mean ± 95%% "
+        "pooled; output.* and ray.* keys are ignored) and write compare.md with mean ± 95% "
         "Student t interval per setting, plus figures: accuracy per setting, accuracy "
         "against uplink bytes, and accuracy against coreset fraction when it varies. A "
         "folder that is not a run but holds runs (a sweep) is expanded.",

@@ -54,7 +54,8 @@ def plot_accuracy_by_setting(groups: list[Group], path: Path) -> Path | None:
     fps = [g.stat("fp_reference_accuracy")[0] for _, g in rows]
     fps = [f for f in fps if not math.isnan(f)]
     if fps and max(fps) - min(fps) < 1e-9:
-        ax.axvline(100 * fps[0], color="k", ls="--", lw=1, label=f"FP reference ({100 * fps[0]:.1f}%)")
+        ax.axvline(100 * fps[0], color="k", ls="--", lw=1,
+                   label=f"FP reference ({100 * fps[0]:.1f}%)")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8)
         right = max(right, 100 * fps[0])
     ax.set_xlim(0, min(100.0, right) * 1.15)

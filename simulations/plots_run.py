@@ -134,15 +134,17 @@ def plot_time_status(run: Run, path: Path) -> Path | None:
     rounds = np.array([r["round"] for r in run.rounds])  # (R,)
     fig, (ax_t, ax_s) = new_figure(8, 6.5, 2, 1, sharex=True)
     ax_t.bar(rounds, [float(r.get("sim_time_s") or 0) for r in run.rounds], color="C0",
-             label="simulated round time (slowest accepted device)")
+             label="simulated")
     ax_t.set(title="Round time", ylabel="Simulated time (s)")
     ax_w = ax_t.twinx()
     ax_w.plot(rounds, [float(r.get("wall_s") or 0) for r in run.rounds], "o-", color="C1",
-              ms=3, label="wall time of the simulation")
+              ms=3, label="wall")
     ax_w.set_ylabel("Wall time (s)")
     ax_w.set_ylim(bottom=0)
     handles = ax_t.get_legend_handles_labels()[0] + ax_w.get_legend_handles_labels()[0]
-    ax_t.legend(handles, [str(h.get_label()) for h in handles], loc="lower right", fontsize=8)
+    # Outside the axes: bars fill the panel, so any inside corner would hide data.
+    ax_t.legend(handles, ["simulated\n(slowest accepted\ndevice)", "wall"], loc="upper left",
+                bbox_to_anchor=(1.12, 1.0), fontsize=8, title="round time")
     bottom = np.zeros(len(rounds))  # (R,)
     for status, color in STATUS_COLORS.items():
         counts = np.array([float((r.get("status_counts") or {}).get(status, 0))

@@ -96,7 +96,8 @@ def key_numbers(run: Run) -> list[tuple[str, str]]:
         rows.append(("Gap to FP reference", f"{100 * (final - fp):+.2f} points"))
     if rounds:
         best = max(rounds, key=lambda r: float(r.get("accuracy") or 0))
-        rows.append(("Best round accuracy", f"{_pct(best.get('accuracy'))} (round {best['round']})"))
+        rows.append(("Best round accuracy",
+                     f"{_pct(best.get('accuracy'))} (round {best['round']})"))
         rows.append(("On-device accuracy, last round: mean / p10",
                      f"{_pct(last.get('device_accuracy_mean'))} / "
                      f"{_pct(last.get('device_accuracy_p10'))}"))
@@ -124,8 +125,9 @@ def key_numbers(run: Run) -> list[tuple[str, str]]:
     if size:
         ratio = f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})" if fp32 else ""
         rows.append(("Model size", fmt_bytes(size) + ratio))
-    for label, key in (("Coreset method", "coreset_method"), ("Coreset fraction", "coreset_fraction"),
-                       ("Strategy", "strategy"), ("Uplink codec", "codec"), ("Seed", "seed")):
+    for label, key in (("Coreset method", "coreset_method"),
+                       ("Coreset fraction", "coreset_fraction"), ("Strategy", "strategy"),
+                       ("Uplink codec", "codec"), ("Seed", "seed")):
         if key in s:
             rows.append((label, str(s[key])))
     return rows

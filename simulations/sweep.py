@@ -1,4 +1,4 @@
-"""``fleet sweep SCENARIO --grid KEY=V1,V2 ... --seeds N``: a grid of runs, resumable, then compared.
+"""``fleet sweep SCENARIO --grid KEY=V1,V2 --seeds N``: a resumable grid of runs, then compared.
 
 The sweep runs the cartesian product of the grid values times seeds ``0..N-1`` (set
 through :data:`~simulations.compare.SEED_KEY`), each as a normal run directory under one
@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.compare import METRICS, SEED_KEY, Result, result_from_run, write_comparison
-from simulations.rundir import is_run_dir, load_run
+from simulations.rundir import Run, RunDirError, is_run_dir, load_run
 
 __all__ = ["RunFn", "ValidateFn", "PlannedRun", "SweepResult", "parse_grid", "validate_grid",
            "plan_runs", "run_name", "run_sweep", "csv_columns", "default_out", "add_parser",
@@ -151,8 +151,17 @@ def plan_runs(grid: dict[str, list[str]], seeds: int, out: Path) -> list[Planned
     return plans
 
 
+def _load(path: Path) -> Run | None:
+    """The run at ``path``, or None when there is none or it is corrupt (then it is re-run)."""
+    try:
+        return load_run(path) if is_run_dir(path) else None
+    except RunDirError:
+        return None
+
+
 def _is_complete(path: Path) -> bool:
-    return is_run_dir(path) and not load_run(path).incomplete
+    run = _load(path)
+    return run is not None and not run.incomplete
 
 
 def _set_aside(path: Path, out: Path) -> None:
@@ -259,8 +268,9 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
     keys = list(grid)
     results = []
     for plan in plans:
-        if is_run_dir(plan.out_dir):
-            res = result_from_run(load_run(plan.out_dir), keys, plan.values)
+        run = _load(plan.out_dir)
+        if run is not None:
+            res = result_from_run(run, keys, plan.values)
         else:
             res = Result(plan.out_dir, plan.values, plan.seed, "missing")
         if plan.out_dir.name in failed and res.status != "complete":
@@ -290,7 +300,7 @@ def add_parser(subparsers: Any) -> None:
         help="run a grid of settings x seeds, resumable, then compare them",
         description="Run every combination of the --grid values for seeds 0..N-1 (set "
         "through federation.seed), each a normal run directory under one sweep directory, "
-        "then write sweep.csv (one row per run) and compare.md with mean ± 95%% interval "
+        "then write sweep.csv (one row per run) and compare.md with mean ± 95% interval "
         "per setting and figures. Runs that already finished are skipped, so the same "
         "command resumes an interrupted sweep. Every key and value is validated first.",
         epilog="example: fleet sweep quick --grid coreset.method=acs,random "

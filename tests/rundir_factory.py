@@ -97,7 +97,8 @@ def write_run(
                 "error": None if st != "failed" else "RuntimeError: synthetic",
             })
         counts = {s: int((statuses == s).sum()) for s in STATUSES}
-        ok_acc = [float(a) for a, s in zip(dev_acc, statuses, strict=True) if s in ("ok", "rejected")]
+        ok_acc = [float(a) for a, s in zip(dev_acc, statuses, strict=True)
+                  if s in ("ok", "rejected")]
         round_lines.append({
             "round": r, "accuracy": acc, "loss": 2.0 * (1 - acc),
             "devices_sampled": per_round, "devices_completed": counts["ok"],
