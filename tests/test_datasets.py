@@ -58,7 +58,8 @@ def test_digits_split_depends_on_seed_only() -> None:
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as info:
         load_dataset("imagenet")
-    assert str(info.value) == "data.dataset: unknown dataset 'imagenet'; valid: digits, mnist, fashion-mnist, cifar10, npz"
+    valid = "digits, mnist, fashion-mnist, cifar10, npz"
+    assert str(info.value) == f"data.dataset: unknown dataset 'imagenet'; valid: {valid}"
 
 
 def _write_idx_raw(root: Path, cls_name: str, n_train: int, n_test: int, hw: int = 28) -> None:
