@@ -1,26 +1,17 @@
 """``fleet sweep SCENARIO --grid KEY=V1,V2 --seeds N``: a resumable grid of runs, then compared.
 
-The sweep runs the cartesian product of the grid values times seeds ``0..N-1`` (set
-through :data:`~simulations.compare.SEED_KEY`), each as a normal run directory under one
-sweep directory, then writes ``sweep.csv`` (one row per run) and ``compare.md`` with
-figures (:func:`simulations.compare.write_comparison`).
+The cartesian product of the grid values times seeds ``0..N-1`` (``federation.seed``) runs
+as normal run directories under one sweep directory; then ``sweep.csv`` (one row per run)
+and ``compare.md`` (:func:`simulations.compare.write_comparison`) are written.
 
-How a run executes is not decided here: :func:`run_sweep` takes ``run_fn`` (the real
-one is ``simulations.runner.run_scenario``) and grid validation goes through
-``validate_fn`` (the real one is ``fleet.config.check_override``), so every key and value
-is checked before anything runs.
-
-Resume: a run whose directory already holds a complete summary is skipped, so running the
-same command again after an interrupt finishes only what is missing. A run directory
-left incomplete by a crash is moved to ``<sweep>/_incomplete/`` (kept for debugging)
-and the run starts again.
-
-Parallelism: ``jobs > 1`` runs up to ``jobs`` runs at once in a process pool with the
-``spawn`` start method and one run per worker process (``max_tasks_per_child=1``), so each
-run starts from a clean interpreter: Ray and torch hold threads that do not survive
-``fork``, and each run calls ``ray.init`` itself (its own local Ray instance, unless
-``ray.address`` joins a cluster). Keep ``jobs × ray.num-cpus`` within the machine's cores.
-``run_fn`` must then be picklable (a module-level function).
+- How a run executes is injected: ``run_fn`` (``simulations.runner.run_scenario``), and
+  every key and value is checked first with ``validate_fn`` (``fleet.config.check_override``).
+- Resume: runs whose summary says complete are skipped; an incomplete or corrupt run
+  directory is moved to ``<sweep>/_incomplete/`` (kept for debugging) and run again.
+- ``jobs > 1``: a ``spawn`` process pool with one run per worker process
+  (``max_tasks_per_child=1``), so each run starts from a clean interpreter (Ray and torch
+  threads do not survive ``fork``) and calls ``ray.init`` itself (its own local Ray
+  instance). Keep ``jobs x ray.num-cpus`` within the cores; ``run_fn`` must be picklable.
 """
 
 from __future__ import annotations
@@ -43,9 +34,9 @@ from typing import Any
 from simulations.compare import METRICS, SEED_KEY, Result, result_from_run, write_comparison
 from simulations.rundir import Run, RunDirError, is_run_dir, load_run
 
-__all__ = ["RunFn", "ValidateFn", "PlannedRun", "SweepResult", "parse_grid", "validate_grid",
-           "plan_runs", "run_name", "run_sweep", "csv_columns", "default_out", "add_parser",
-           "main"]
+__all__ = ["RunFn", "ValidateFn", "PlannedRun", "SweepResult", "parse_grid", "parse_fixed",
+           "validate_grid", "plan_runs", "run_name", "run_sweep", "csv_columns", "default_out",
+           "add_parser", "main"]
 
 RunFn = Callable[[str, dict[str, str], Path], None]
 ValidateFn = Callable[[str, str], None]
@@ -100,6 +91,17 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     return grid
 
 
+def parse_fixed(items: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` (``--set``) to a dict; one-line ValueError for a bad item."""
+    fixed: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        fixed[key.strip()] = text.strip()
+    return fixed
+
+
 def validate_grid(grid: dict[str, list[str]], validate_fn: ValidateFn | None) -> None:
     """Check every key and value with ``validate_fn`` before anything runs.
 
@@ -135,13 +137,18 @@ def run_name(keys: Sequence[str], values: Sequence[str], seed: int) -> str:
     return name
 
 
-def plan_runs(grid: dict[str, list[str]], seeds: int, out: Path) -> list[PlannedRun]:
-    """The cartesian product of grid values (in --grid order) times seeds 0..seeds-1."""
+def plan_runs(grid: dict[str, list[str]], seeds: int, out: Path,
+              fixed: dict[str, str] | None = None) -> list[PlannedRun]:
+    """The cartesian product of grid values (in --grid order) times seeds 0..seeds-1.
+
+    ``fixed`` overrides (``--set``) go to every run and are not part of the names.
+    """
     keys = list(grid)
     plans: list[PlannedRun] = []
     for values in itertools.product(*grid.values()):
         for seed in range(seeds):
-            overrides = dict(zip(keys, values, strict=True)) | {SEED_KEY: str(seed)}
+            overrides = (dict(fixed or {}) | dict(zip(keys, values, strict=True))
+                         | {SEED_KEY: str(seed)})
             plans.append(PlannedRun(tuple(values), seed, overrides,
                                     out / run_name(keys, values, seed)))
     names = [p.out_dir.name for p in plans]
@@ -226,7 +233,8 @@ def _write_csv(path: Path, keys: list[str], plans: list[PlannedRun],
 
 
 def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, jobs: int = 1,
-              run_fn: RunFn | None = None, validate_fn: ValidateFn | None = None) -> SweepResult:
+              run_fn: RunFn | None = None, validate_fn: ValidateFn | None = None, *,
+              fixed: dict[str, str] | None = None) -> SweepResult:
     """Run (or resume) a sweep and write ``sweep.csv`` and ``compare.md`` under ``out``.
 
     Parameters
@@ -246,6 +254,9 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
     validate_fn : callable or None
         ``validate_fn(key, text)`` raises ValueError for a bad key or value
         (default: None, no check).
+    fixed : dict of str to str or None
+        Overrides given to every run, e.g. fewer rounds (default: None). Changing them
+        does not change run names, so use a new ``out`` when you change them.
 
     Raises
     ------
@@ -256,11 +267,16 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
         raise ValueError("run_sweep needs a run_fn")
     if seeds < 1 or jobs < 1:
         raise ValueError(f"--seeds and --jobs must be >= 1, got seeds={seeds}, jobs={jobs}")
-    validate_grid(grid, validate_fn)
-    plans = plan_runs(grid, seeds, out)
+    fixed = dict(fixed or {})
+    overlap = sorted(set(fixed) & (set(grid) | {SEED_KEY}))
+    if overlap:
+        raise ValueError(f"{overlap[0]}: given both in --set and in --grid/--seeds")
+    validate_grid({k: [v] for k, v in fixed.items()} | grid, validate_fn)
+    plans = plan_runs(grid, seeds, out, fixed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(
-        {"scenario": scenario, "grid": grid, "seeds": seeds}, indent=1), encoding="utf-8")
+        {"scenario": scenario, "grid": grid, "seeds": seeds, "fixed": fixed}, indent=1),
+        encoding="utf-8")
     todo = [p for p in plans if not _is_complete(p.out_dir)]
     for plan in todo:
         _set_aside(plan.out_dir, out)
@@ -279,7 +295,8 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
     csv_path = out / "sweep.csv"
     _write_csv(csv_path, keys, plans, results)
     notes = [f"Scenario: `{scenario}`; grid: " + "; ".join(
-        f"{k} = {', '.join(v)}" for k, v in grid.items()) + f"; seeds 0..{seeds - 1}.",
+        f"{k} = {', '.join(v)}" for k, v in grid.items()) + f"; seeds 0..{seeds - 1}"
+             + "".join(f"; {k} = {v}" for k, v in fixed.items()) + ".",
              f"Runs: {len(plans)} planned, {len(todo)} run now, {len(plans) - len(todo)} "
              f"already complete (skipped), {len(failed)} failed."]
     notes += [f"Failed: `{name}`: {err}" for name, err in failed.items()]
@@ -287,9 +304,11 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
     return SweepResult(csv_path, report, len(todo), len(plans) - len(todo), failed)
 
 
-def default_out(scenario: str, grid: dict[str, list[str]]) -> Path:
-    """``runs/<scenario>/sweep-<hash of the grid>``: the same command resumes the same sweep."""
-    digest = hashlib.sha1(json.dumps([scenario, grid]).encode()).hexdigest()[:8]
+def default_out(scenario: str, grid: dict[str, list[str]],
+                fixed: dict[str, str] | None = None) -> Path:
+    """``runs/<scenario>/sweep-<hash of scenario, grid, --set>``: the same command resumes."""
+    text = json.dumps([scenario, grid, fixed or {}], sort_keys=True)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return Path("runs") / Path(scenario).stem / f"sweep-{digest}"
 
 
@@ -310,6 +329,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a config key and the values to try (repeat for more keys; values "
                    "may not contain commas)")
+    p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key in every run, e.g. --set federation.rounds=3 "
+                   "(repeatable; not part of the run names)")
     p.add_argument("--seeds", type=int, required=True, metavar="N",
                    help="seeds 0..N-1 per setting (use >= 5 to rank methods)")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
@@ -328,9 +350,10 @@ def main(args: argparse.Namespace) -> int:
         from simulations.runner import run_scenario
 
         grid = parse_grid(args.grid)
-        out = args.out or default_out(args.scenario, grid)
+        fixed = parse_fixed(getattr(args, "fixed", []))
+        out = args.out or default_out(args.scenario, grid, fixed)
         result = run_sweep(args.scenario, grid, args.seeds, Path(out), args.jobs,
-                           run_fn=run_scenario, validate_fn=check_override)
+                           run_fn=run_scenario, validate_fn=check_override, fixed=fixed)
     except (ValueError, ImportError) as exc:
         print(f"fleet sweep: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

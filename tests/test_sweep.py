@@ -145,6 +145,19 @@ def test_bad_grid_is_a_one_line_error_before_any_run(tmp_path: Path, grid: dict[
     assert runner.calls == [] and not (tmp_path / "sw").exists()
 
 
+def test_fixed_overrides_reach_every_run(tmp_path: Path) -> None:
+    runner = CountingRunner()
+    run_sweep("quick", {"coreset.method": ["acs", "random"]}, 1, tmp_path / "sw",
+              run_fn=runner, validate_fn=_validate, fixed={"coreset.fraction": "0.3"})
+    assert [c["coreset.fraction"] for c in runner.calls] == ["0.3", "0.3"]
+    with pytest.raises(ValueError, match="coreset.method: given both"):
+        run_sweep("quick", {"coreset.method": ["acs"]}, 1, tmp_path / "sw2", run_fn=runner,
+                  fixed={"coreset.method": "random"})
+    with pytest.raises(ValueError, match="coreset.fraction: must be a number"):
+        run_sweep("quick", {"coreset.method": ["acs"]}, 1, tmp_path / "sw3", run_fn=runner,
+                  validate_fn=_validate, fixed={"coreset.fraction": "x"})
+
+
 @pytest.mark.parametrize(("items", "needle"), [
     (["coreset.method"], "expected KEY=V1,V2"),
     (["coreset.method=acs,,random"], "coreset.method: empty value"),
