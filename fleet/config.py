@@ -116,6 +116,8 @@ def parse_config(flat: Mapping[str, Any], name: str = "scenario") -> ScenarioCon
         if table is not None:
             tables[table][key[len(table) + 1 :]] = raw
             continue
+        if key == "strategy.options":
+            continue  # a "k=v,k=v" string or an empty placeholder: read by _options below
         if key in known:
             section, f = known[key]
             values[section][f.name] = check_value(key, raw, f)

@@ -103,7 +103,7 @@ class RunDir:
 
     def record_round(self, rl: RoundLog, accuracy: float, loss: float, wall_s: float) -> dict[str, Any]:
         """Append the round's device lines, then its round line (the round line marks it complete)."""
-        rows = [dict(r.as_row(), round=rl.server_round) for r in rl.reports]
+        rows = [dict(r.as_row(), round=rl.server_round) for r in sorted(rl.reports, key=lambda r: r.device)]
         self._append("devices.jsonl", rows)
         counts = Counter(r.status for r in rl.reports)
         accs = [r.accuracy for r in rl.reports if r.status == "ok" and r.accuracy >= 0]

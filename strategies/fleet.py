@@ -198,7 +198,8 @@ class FleetStrategy(Strategy):
         log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
         if not accepted:
             return None, None
-        msgs = [_decoded_message(decoded[d], ok[d]) for d in accepted]
+        # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
+        msgs = [_decoded_message(decoded[d], ok[d]) for d in sorted(accepted)]
         arrays, metrics = self.inner.aggregate_train(server_round, msgs)
         return arrays, metrics
 

@@ -80,23 +80,19 @@ def test_malformed_config_gives_exact_one_line_message(flat: dict[str, Any], mes
 # StrategyConfig, so the `if key in known` branch type-checks the string against `tuple` before the
 # "k=v,k=v" string form (_options) or the empty placeholder (`key in TABLE_KEYS and raw in ("", {})`)
 # is reached. Any string value is rejected with "strategy.options: must be <class 'tuple'>, got '...'".
-OPTIONS_BUG = "parse_config type-checks strategy.options as a tuple field before the k=v string form is parsed"
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIONS_BUG)
 def test_bad_strategy_options_string_names_the_pair() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"strategy.options": "mu=0.1,bad"})
     assert str(info.value) == "strategy.options: expected 'key=value' pairs, got 'bad'"
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIONS_BUG)
 def test_strategy_options_string_form_parses() -> None:
     cfg = parse_config({"strategy.options": "mu=0.1, server-momentum=0.9"})
     assert cfg.strategy.options == (("mu", 0.1), ("server-momentum", 0.9))
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIONS_BUG)
 def test_empty_strategy_options_placeholder_is_accepted() -> None:
     assert parse_config({"strategy.options": ""}).strategy.options == ()
 

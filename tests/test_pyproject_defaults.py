@@ -59,8 +59,6 @@ def test_pyproject_parses_apart_from_the_options_placeholder() -> None:
         assert getattr(cfg, section) == getattr(d, section), section
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/config.py parse_config rejects the pyproject placeholder "
-                   "strategy.options = \"\" (type-checked as a tuple field before the table/string handling)")
 def test_pyproject_table_parses_as_is() -> None:
     cfg = parse_config(_pyproject_flat())
     assert cfg.strategy.options == ()

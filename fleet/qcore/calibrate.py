@@ -50,7 +50,10 @@ class CalibrationContext:
     epochs : int
         BP epochs per stream batch (default: 10; the code uses 50 off-device).
     lr : float
-        Adam learning rate (default: 0.01, the code's).
+        Adam learning rate of biases and norm parameters (default: 0.01, the code's).
+    code_lr : float
+        Adam learning rate of the latent codes, in quantization steps (default: 0.05;
+        the code has no such parameter because its weights never move).
     batch_size : int
         BP batch size (default: 128; a 20-sample core is one full batch).
     bfns : BFNSet or None
@@ -60,6 +63,7 @@ class CalibrationContext:
     forward_flops: int
     epochs: int = 10
     lr: float = 0.01
+    code_lr: float = 0.05
     batch_size: int = 128
     bfns: BFNSet | None = None
 
@@ -102,7 +106,11 @@ def backprop_calibrate(
     for layer in layers.values():
         layer.start_latent()
     model.eval()  # frozen BN statistics and activation ranges
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=ctx.lr)
+    latents = [layer.latent for layer in layers.values()]
+    others = [p for n, p in model.named_parameters()
+              if p.requires_grad and not n.endswith("latent")]
+    opt = torch.optim.Adam([{"params": latents, "lr": ctx.code_lr},
+                            {"params": others, "lr": ctx.lr}])
     step = 0
     for _ in range(ctx.epochs):
         for i in range(0, len(y), ctx.batch_size):

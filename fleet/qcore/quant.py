@@ -13,9 +13,9 @@ Follows ALGORITHMS.md §4.2 (the released code's ZeroQ/SQuant-derived quantizer)
 
 Back-prop calibration: the released code caches the quantized weights, so its BP
 calibration only trains biases and norm layers. We follow the stated intent (BP
-calibration changes weights): ``start_latent`` gives each layer a float latent weight
-trained through a straight-through estimator on the *fixed* grid (scale and
-zero-point do not move) and ``commit_latent`` rounds it back into codes.
+calibration changes weights): ``start_latent`` gives each layer a real-valued latent
+code trained through a straight-through estimator on the *fixed* grid (scale and
+zero-point do not move) and ``commit_latent`` rounds it back into integer codes.
 
 Examples
 --------
@@ -166,7 +166,7 @@ class _QLayer(nn.Module):
             return self.dequantized()
         qmin, qmax = code_range(self.bits)
         zp, s = self.zero_point.view(self._bshape()), self.scale.view(self._bshape())
-        q = (_round_ste(self.latent / s) + zp).clamp(qmin, qmax)
+        q = _round_ste(self.latent).clamp(qmin, qmax)  # STE: grad 1 inside the range
         return (q - zp) * s
 
     @torch.no_grad()
@@ -175,13 +175,17 @@ class _QLayer(nn.Module):
         if self.latent is None:
             return self.codes.clone()
         qmin, qmax = code_range(self.bits)
-        zp = self.zero_point.view(self._bshape())
-        codes = torch.round(self.latent / self.scale.view(self._bshape())) + zp
-        return codes.clamp(qmin, qmax).to(torch.int8)
+        return torch.round(self.latent).clamp(qmin, qmax).to(torch.int8)
 
     def start_latent(self) -> None:
-        """Give the layer a trainable float latent weight (for BP calibration)."""
-        self.latent = nn.Parameter(self.dequantized().clone())
+        """Give the layer a trainable latent weight in *code units* (for BP calibration).
+
+        The latent is a real-valued code on the fixed grid, so one unit of change is
+        one quantization step at every bit-width and the optimiser's step size reads
+        as "codes per step" (a float-unit latent under Adam lr 0.01 moves 2-bit codes
+        little and 8-bit codes by many steps).
+        """
+        self.latent = nn.Parameter(self.codes.float().clone())
 
     @torch.no_grad()
     def commit_latent(self) -> None:

@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install clean
+
+$(BIN)/fleet: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch from the machine's local wheels (no multi-GB download); pip resolves flwr's own Ray.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(BIN)/fleet
+
+install: $(BIN)/fleet
+
+demo: $(BIN)/fleet
+	$(BIN)/fleet run quickstart
+
+test: $(BIN)/fleet
+	$(BIN)/python -m pytest tests
+
+bench: $(BIN)/fleet
+	$(BIN)/python -m simulations.benchmarks.qat_step
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
