@@ -92,9 +92,10 @@ class BFN(nn.Module):
         return torch.stack([mean, std, mean - self.ref_mean, std - self.ref_std], dim=1)
 
     def forward(self, feats: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Real-valued step ``(O, U, *kernel)`` from features ``(U, 4)`` and codes."""
-        cols = self.net(feats).view(self.units, self.out, *self.kernel)  # (U, O, *k)
-        cols = cols.transpose(0, 1)  # (O, U, *k)
+        """Real-valued step ``(..., O, U, *kernel)`` from features ``(..., U, 4)`` and codes."""
+        lead = feats.shape[:-2]  # optional batch of recorded pairs
+        cols = self.net(feats).view(*lead, self.units, self.out, *self.kernel)  # (.., U, O, *k)
+        cols = cols.transpose(len(lead), len(lead) + 1)  # (.., O, U, *k)
         drift = (codes.float() - self.ref_codes.float()) / self.code_norm
         return cols + self.mix[0] * drift + self.mix[1] * codes.float() / self.code_norm
 
@@ -206,35 +207,35 @@ def fit_bfns(
     pairs: dict[str, list[FlipPair]],
     gen: torch.Generator,
     *,
-    epochs: int = 50,
+    steps: int = 300,
+    batch_size: int = 32,
     lr: float = 0.01,
     clip: float = 2.0,
 ) -> dict[str, float]:
     """Fit each BFN by MSE to the recorded code-change signs (Adam, grad-norm clip).
 
-    Follows the code's optimiser settings (Adam lr 0.01, clip 2.0, MSE). Each epoch
-    visits every pair of a layer once in random order, one pair per step.
+    Follows the code's optimiser settings (Adam lr 0.01, clip 2.0, MSE); pairs are
+    drawn in mini-batches of ``batch_size`` for ``steps`` steps per layer.
 
     Returns
     -------
     dict
-        Final-epoch mean MSE per layer name.
+        Mean MSE over all pairs after fitting, per layer name.
     """
     losses: dict[str, float] = {}
     for name, layer_pairs in pairs.items():
         if not layer_pairs:
             continue
         net = bfns[name]
+        feats, codes, target = (torch.stack(t) for t in zip(*layer_pairs))  # (P, ...)
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-        for _ in range(epochs):
-            total = 0.0
-            for i in torch.randperm(len(layer_pairs), generator=gen).tolist():
-                feats, codes, target = layer_pairs[i]
-                opt.zero_grad()
-                loss = torch.mean((net(feats, codes) - target) ** 2)
-                loss.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), clip)
-                opt.step()
-                total += float(loss)
-            losses[name] = total / len(layer_pairs)
+        for _ in range(steps):
+            idx = torch.randint(len(target), (min(batch_size, len(target)),), generator=gen)
+            opt.zero_grad()
+            loss = torch.mean((net(feats[idx], codes[idx]) - target[idx]) ** 2)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), clip)
+            opt.step()
+        with torch.no_grad():
+            losses[name] = torch.mean((net(feats, codes) - target) ** 2).item()
     return losses

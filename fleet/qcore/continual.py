@@ -16,6 +16,7 @@ calibration of task t can already use task t's data, then evaluate on the held-o
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,8 @@ from fleet.qcore.calibrate import (
 from fleet.qcore.misses import update_core
 from fleet.qcore.quant import SUPPORTED_BITS
 from fleet.qcore.stream import DRIFTS, make_stream
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ContinualConfig", "TaskMetrics", "Deployment", "deploy", "run_device_stream"]
 
@@ -65,7 +68,9 @@ class ContinualConfig:
     epochs : int
         BP epochs per stream batch (default: 10; the code: 50).
     lr : float
-        BP Adam learning rate (default: 0.01).
+        BP Adam learning rate of biases/norm parameters (default: 0.01).
+    code_lr : float
+        BP Adam learning rate of the latent codes, in steps (default: 0.05).
     recordings : int
         Recorded forward passes per core update (default: 10; the code: 50 passes / 5).
     holdout : float
@@ -81,6 +86,7 @@ class ContinualConfig:
     core_bits: tuple[int, ...] = SUPPORTED_BITS
     epochs: int = 10
     lr: float = 0.01
+    code_lr: float = 0.05
     recordings: int = 10
     holdout: float = 0.25
 
@@ -149,7 +155,7 @@ def deploy(
     gen: torch.Generator,
     *,
     init_epochs: int = 50,
-    bfn_epochs: int = 30,
+    bfn_steps: int = 300,
     with_bfns: bool = True,
 ) -> Deployment:
     """Off-device: BP-calibrate ``qmodel`` on the QCore, then train BFNs.
@@ -168,26 +174,27 @@ def deploy(
         intent only has the initial calibration; one trajectory is too few pairs.
     gen : torch.Generator
         Drives BFN training order.
-    init_epochs, bfn_epochs
+    init_epochs, bfn_steps
         Initial BP calibration epochs (default: 50, the code's) and BFN fitting
-        epochs (default: 30).
+        steps per layer (default: 300).
     with_bfns : bool
         Train BFNs (default: True); the deployed model is the same either way, so
         all calibration methods can share one deployment.
     """
     model = copy.deepcopy(qmodel)
     ff = forward_flops(model, tuple(core[0].shape[1:]))
-    backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr))
+    backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr, cfg.code_lr))
     if not with_bfns:
         return Deployment(model, core, None)
     bfns = BFNSet(model)
     bfns.set_reference(model, core[0])
     pairs: dict[str, list[FlipPair]] = {n: [] for n in bfns.names}
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr)
     for ex, ey in [core, *episodes]:
         for n, p in record_flip_pairs(copy.deepcopy(model), ex, ey, ctx, bfns).items():
             pairs[n].extend(p)
-    fit_bfns(bfns, pairs, gen, epochs=bfn_epochs)
+    bfn_loss = fit_bfns(bfns, pairs, gen, steps=bfn_steps)
+    log.info("BFN fit MSE per layer: %s", bfn_loss)
     return Deployment(model, core, bfns)
 
 
@@ -230,7 +237,7 @@ def run_device_stream(
         raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy with calibration='bfn')")
     model = copy.deepcopy(model)
     ff = forward_flops(model, tuple(x_train.shape[1:]))
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, bfns=bfns)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, bfns=bfns)
     policy = CORE_POLICY[cfg.calibration]
     out = []
     for t, (xt, yt) in enumerate(make_stream(x_train, y_train, cfg.tasks, cfg.drift, rng,
