@@ -104,7 +104,10 @@ class Group:
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) and value == "" else str(value)
+    """A config value as text, spelled as in TOML for booleans and the empty string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return '""' if value == "" else str(value)
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:

@@ -49,7 +49,8 @@ def plot_accuracy_rounds(run: Run, path: Path) -> Path | None:
     ax.set(title="Accuracy per round", xlabel="Round", ylabel="Accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    # Below the axes: curves can pass through any corner.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9)
     return save(fig, path)
 
 
@@ -72,7 +73,8 @@ def plot_accuracy_uplink(run: Run, path: Path) -> Path | None:
     ax.set(title="Accuracy against communication", xlabel=f"Cumulative uplink ({unit})",
            ylabel="Accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    # Below the axes: curves can pass through any corner.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9)
     return save(fig, path)
 
 
@@ -118,7 +120,8 @@ def plot_device_accuracy(run: Run, path: Path) -> Path | None:
     ax_r.scatter(rank, acc, c=colors, s=14)
     ax_r.axhline(p10, color="C3", ls="--", lw=1)
     names = ", ".join(str(d) for d in worst[:5]) + ("" if n_worst <= 5 else ", ...")
-    ax_r.set(title=f"Devices ranked; red: worst 10% ({n_worst} devices: {names})",
+    plural = "s" if n_worst > 1 else ""
+    ax_r.set(title=f"Devices ranked; red: worst 10% ({n_worst} device{plural}: {names})",
              xlabel="Device rank (worst first)", ylabel="On-device accuracy (%)")
     ax_r.title.set_fontsize(9)
     ax_r.grid(alpha=0.3)

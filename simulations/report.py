@@ -123,7 +123,8 @@ def key_numbers(run: Run) -> list[tuple[str, str]]:
         rows.append(("Weight / activation bits", f"{s.get('weight_bits')} / {s.get('act_bits')}"))
     size, fp32 = s.get("model_size_bytes"), s.get("fp32_model_size_bytes")
     if size:
-        ratio = f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})" if fp32 else ""
+        ratio = (f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})"
+                 if fp32 and fp32 > size else "")
         rows.append(("Model size", fmt_bytes(size) + ratio))
     for label, key in (("Coreset method", "coreset_method"),
                        ("Coreset fraction", "coreset_fraction"), ("Strategy", "strategy"),
