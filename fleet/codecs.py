@@ -147,6 +147,11 @@ class DeltaIntCodec:
     min_numel : int
         Tensors with fewer elements are sent as float32 (BN statistics, biases,
         steps: the scale would cost more than it saves) (default: 256).
+
+    Notes
+    -----
+    A tensor whose delta is not finite is sent raw (float32), so a diverged
+    device's NaN/inf reaches the server's checks instead of becoming garbage codes.
     """
 
     bits: int
@@ -177,10 +182,11 @@ class DeltaIntCodec:
         payload: State = {}
         for key, b in base.items():
             x = _f32(local[key])
-            if x.size < self.min_numel:
+            d = x - _f32(b)  # (*shape)
+            if x.size < self.min_numel or not np.isfinite(d).all():
+                # Small tensors are cheaper raw; non-finite ones go raw so the server sees them.
                 payload[key] = x.copy()
                 continue
-            d = x - _f32(b)  # (*shape)
             sshape = self._scale_shape(d.shape)
             amax = np.abs(d.reshape(sshape[0], -1)).max(axis=1).reshape(sshape)  # (C|1, 1, ...)
             scale = (amax / qmax).astype(np.float32)
@@ -240,6 +246,9 @@ class QWeightsCodec:
                 raise ValueError(f"step '{spec.step_key}' of '{key}' is not in the local state")
             qmin, qmax = qrange(spec.bits, spec.signed)
             step = _f32(local[spec.step_key])  # (1,) or (C, 1, ...)
+            if not (np.isfinite(value).all() and np.isfinite(step).all()):
+                payload[key] = _f32(value).copy()  # raw, so the server sees the NaN/inf
+                continue
             codes = np.clip(np.round(_f32(value) / step), qmin, qmax).astype(np.int16)
             payload[key + CODES_SUFFIX] = pack_codes(codes, spec.bits, spec.signed)
         return payload

@@ -142,3 +142,14 @@ def test_registry_errors() -> None:
     with pytest.raises(ValueError, match="min_numel"):
         build_codec("fp32", min_numel=3)
     assert build_codec("delta-int4").name == "delta-int4"
+
+
+@pytest.mark.parametrize("name", ["delta-int4", "qweights"])
+def test_non_finite_tensors_are_sent_raw(name: str) -> None:
+    local = {"fc.weight": np.ones((4, 100), np.float32), "fc.weight_quant.step": np.ones(1, np.float32)}
+    local["fc.weight"][0, 0] = np.nan
+    base = {k: np.zeros_like(v) for k, v in local.items()}
+    info = QuantInfo({"fc.weight": QuantSpec(4, "fc.weight_quant.step", True)})
+    codec = build_codec(name)
+    out = codec.decode(codec.encode(local, base, np.random.default_rng(0), info), base, info)
+    assert np.isnan(out["fc.weight"][0, 0]) and np.all(out["fc.weight"].flat[1:] == 1.0)

@@ -15,9 +15,9 @@ Notes on the alternatives that were measured and not used:
 
 * ``torch._fake_quantize_learnable_per_tensor_affine`` gives identical forward
   values, but masks the gradient on ``round(v)`` instead of ``v`` (so it differs
-  for ``v`` in ``(qmax, qmax + 0.5)`` and ``[qmin - 0.5, qmin)``), and it was
-  ~1.6x slower than an earlier, less fused :class:`_LsqFakeQuant` on CPU
-  (64x16x28x28, torch 2.14).
+  for ``v`` in ``(qmax, qmax + 0.5)`` and ``[qmin - 0.5, qmin)``), and its
+  forward + backward took 6.1 ms against 3.7 ms for :class:`_LsqFakeQuant`
+  (64x16x28x28, 1 CPU thread, torch 2.14).
 * The plain autograd composition ``s * clamp(round_ste(x / s), qmin, qmax)`` also
   zeroes the gradient of values that round exactly onto ``qmin``/``qmax``,
   because ``torch.clamp``'s backward excludes the boundary.
