@@ -160,7 +160,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DevicesConfig:
-    profiles: tuple[tuple[str, float], ...] = opt((("phone-mid", 1.0),), "profile mix (table name = weight)",
+    profiles: tuple[tuple[str, float], ...] = opt((("rpi4", 1.0),), "profile mix (table name = weight)",
                                                   kind=tuple)
     custom: dict[str, Any] = opt({}, "user profiles: [devices.custom.<name>] tables", kind=dict)
     availability: str = opt("always", "who is online", choices=("always", "profile"))
@@ -202,6 +202,13 @@ class FaultsConfig:
     hang: float = opt(0.0, "probability of hanging past the round timeout", ge=0, le=1)
     corrupt: float = opt(0.0, "probability of a corrupted update (NaN/Inf, wrong shape, huge norm)", ge=0, le=1)
     stale: float = opt(0.0, "probability of silently sending the received model", ge=0, le=1)
+    corrupt_form: str = opt("any", "how a corrupted update is corrupted (any = one of the three at random)",
+                            choices=("any", "nan", "shape", "norm"))
+
+    def __post_init__(self) -> None:
+        total = self.crash + self.hang + self.corrupt + self.stale
+        if total > 1.0 + 1e-9:
+            raise ConfigError("faults", f"crash + hang + corrupt + stale must be <= 1, got {total:g}")
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
 
     local = state_arrays(model)
     payload = codec.encode(local, global_arrays, _rng(cfg, ins, 4), qinfo)
-    payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, _rng(cfg, ins, 5))
+    payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, _rng(cfg, ins, 5),
+                                           cfg.faults.corrupt_form)
     rep.uplink_bytes = payload_nbytes(payload)
     cost = device_round_cost(profile, flops, rep.train_samples, rep.teacher_passes, rep.scoring_passes,
                              rep.uplink_bytes, downlink_bytes)

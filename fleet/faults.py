@@ -32,14 +32,16 @@ def maybe_hang(kind: str, timeout_s: float) -> None:
 
 
 def apply_payload_fault(kind: str, payload: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray],
-                        codec, qinfo, rng: np.random.Generator) -> dict[str, np.ndarray]:  # noqa: ANN001
+                        codec, qinfo, rng: np.random.Generator,  # noqa: ANN001
+                        form: str = "any") -> dict[str, np.ndarray]:
     """Return the payload as the faulty device would send it."""
     if kind == "stale":
         # Silently send back the model it received, encoded as a real update would be.
         return codec.encode(dict(global_arrays), global_arrays, rng, qinfo)
     if kind != "corrupt":
         return payload
-    form = ("nan", "shape", "norm")[int(rng.integers(3))]
+    if form == "any":
+        form = ("nan", "shape", "norm")[int(rng.integers(3))]
     out = dict(payload)
     key = max((k for k, v in out.items() if v.dtype.kind == "f"), key=lambda k: out[k].size)
     arr = out[key].astype(np.float32, copy=True)

@@ -138,10 +138,10 @@ def train_local(
                     l_clc = losses.clc_loss(q_taps.features, f_taps.features, mapping=tc.clc_mapping)  # type: ignore[union-attr]
                     if step == 0:
                         if tc.clc_beta == "auto":
-                            beta = losses.auto_beta(float(loss), float(l_clc), tc.clc_auto_ratio)
-                        ratio = float(loss) / max(beta * float(l_clc), 1e-30)
+                            beta = losses.auto_beta(float(loss.detach()), float(l_clc.detach()), tc.clc_auto_ratio)
+                        ratio = float(loss.detach()) / max(beta * float(l_clc.detach()), 1e-30)
                         log.info("CLC start: L_KD=%.4g beta*L_CLC=%.4g ratio L_KD/(beta*L_CLC)=%.3g",
-                                 float(loss), beta * float(l_clc), ratio)
+                                 float(loss.detach()), beta * float(l_clc.detach()), ratio)
                     loss = loss + beta * l_clc
                 if use_qgt:
                     from fleet import qgt

@@ -117,7 +117,7 @@ def test_defaults_round_trip_through_to_flat() -> None:
     # Assert
     assert again == d
     assert to_flat(again) == flat
-    assert flat["federation.num-devices"] == 100 and flat["devices.profiles.phone-mid"] == 1.0
+    assert flat["federation.num-devices"] == 100 and flat["devices.profiles.rpi4"] == 1.0
 
 
 def test_flatten_unflatten_are_inverse() -> None:

@@ -54,7 +54,7 @@ def test_pyproject_parses_apart_from_the_options_placeholder() -> None:
     cfg = parse_config(py)
     # Assert: zero-weight profiles stay in the mix; every other section equals the defaults
     d = defaults()
-    assert dict(cfg.devices.profiles) == {name: (1.0 if name == "phone-mid" else 0.0) for name in PROFILES}
+    assert dict(cfg.devices.profiles) == {name: (1.0 if name == "rpi4" else 0.0) for name in PROFILES}
     for section in (f.name for f in dataclasses.fields(d) if f.name not in ("devices", "name")):
         assert getattr(cfg, section) == getattr(d, section), section
 
