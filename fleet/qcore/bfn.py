@@ -207,8 +207,8 @@ def fit_bfns(
     pairs: dict[str, list[FlipPair]],
     gen: torch.Generator,
     *,
-    steps: int = 300,
-    batch_size: int = 32,
+    steps: int = 150,
+    batch_size: int = 16,
     lr: float = 0.01,
     clip: float = 2.0,
 ) -> dict[str, float]:

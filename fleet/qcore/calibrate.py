@@ -52,7 +52,7 @@ class CalibrationContext:
     lr : float
         Adam learning rate of biases and norm parameters (default: 0.01, the code's).
     code_lr : float
-        Adam learning rate of the latent codes, in quantization steps (default: 0.05;
+        Adam learning rate of the latent codes, in quantization steps (default: 0.01;
         the code has no such parameter because its weights never move).
     batch_size : int
         BP batch size (default: 128; a 20-sample core is one full batch).
@@ -63,7 +63,7 @@ class CalibrationContext:
     forward_flops: int
     epochs: int = 10
     lr: float = 0.01
-    code_lr: float = 0.05
+    code_lr: float = 0.01
     batch_size: int = 128
     bfns: BFNSet | None = None
 

@@ -70,7 +70,7 @@ class ContinualConfig:
     lr : float
         BP Adam learning rate of biases/norm parameters (default: 0.01).
     code_lr : float
-        BP Adam learning rate of the latent codes, in steps (default: 0.05).
+        BP Adam learning rate of the latent codes, in steps (default: 0.01).
     recordings : int
         Recorded forward passes per core update (default: 10; the code: 50 passes / 5).
     holdout : float
@@ -86,7 +86,7 @@ class ContinualConfig:
     core_bits: tuple[int, ...] = SUPPORTED_BITS
     epochs: int = 10
     lr: float = 0.01
-    code_lr: float = 0.05
+    code_lr: float = 0.01
     recordings: int = 10
     holdout: float = 0.25
 
@@ -155,7 +155,7 @@ def deploy(
     gen: torch.Generator,
     *,
     init_epochs: int = 50,
-    bfn_steps: int = 300,
+    bfn_steps: int = 150,
     with_bfns: bool = True,
 ) -> Deployment:
     """Off-device: BP-calibrate ``qmodel`` on the QCore, then train BFNs.
@@ -176,7 +176,7 @@ def deploy(
         Drives BFN training order.
     init_epochs, bfn_steps
         Initial BP calibration epochs (default: 50, the code's) and BFN fitting
-        steps per layer (default: 300).
+        steps per layer (default: 150).
     with_bfns : bool
         Train BFNs (default: True); the deployed model is the same either way, so
         all calibration methods can share one deployment.

@@ -183,8 +183,8 @@ def _train_mode_recordings(
     out = np.zeros((recordings, 1, len(y)), dtype=bool)
     for r in range(recordings):
         perm = torch.randperm(len(y), generator=rng)
-        for i in range(0, len(y), batch_size):
-            idx = perm[i : i + batch_size]
+        # Equal-sized chunks: a trailing 1-sample batch would break BatchNorm.
+        for idx in perm.tensor_split(max(1, -(-len(y) // batch_size))):
             out[r, 0, idx.numpy()] = (model(x[idx]).argmax(dim=1) == y[idx]).numpy()
     model.load_state_dict(saved)
     model.train(was_training)

@@ -166,7 +166,11 @@ class _QLayer(nn.Module):
             return self.dequantized()
         qmin, qmax = code_range(self.bits)
         zp, s = self.zero_point.view(self._bshape()), self.scale.view(self._bshape())
-        q = _round_ste(self.latent).clamp(qmin, qmax)  # STE: grad 1 inside the range
+        # STE through both round and clamp: torch's clamp has zero gradient at its
+        # bounds, and min-max puts a code on each bound per channel, which would
+        # then never move, not even inwards. ``commit_latent`` clamps.
+        q = _round_ste(self.latent)
+        q = q + (q.clamp(qmin, qmax) - q).detach()
         return (q - zp) * s
 
     @torch.no_grad()

@@ -24,8 +24,6 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,6 +60,8 @@ def apply_covariate(
     x: torch.Tensor, kinds: tuple[str, ...], level: float, gen: torch.Generator
 ) -> torch.Tensor:
     """Apply the named covariate shifts (subset of rotation/contrast/noise) at ``level``."""
+    if level == 0.0:
+        return x  # the first task is the undrifted distribution, bit for bit
     if "rotation" in kinds:
         x = rotate(x, MAX_ROTATION_DEG * level)
     if "contrast" in kinds:
@@ -95,8 +95,6 @@ def _label_shift_order(
         batches.append(np.array(idx, dtype=np.int64))
     return batches
 
-
-Transform = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
 
 DRIFTS: dict[str, tuple[bool, tuple[str, ...]]] = {
     # name: (label shift?, covariate kinds)
