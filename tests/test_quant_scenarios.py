@@ -1,0 +1,142 @@
+"""Quantization keys through the scenario path: load_config, preflight and the CLI (no Ray).
+
+Bad bit-widths, an unknown codec and a checkpoint that is missing or of the wrong
+architecture must stop a run before Ray starts, with one line naming the key, and
+make ``fleet run`` exit with code 2 without creating the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from fleet.config import ConfigError
+from fleet.models import build_model
+from simulations.cli import main
+from simulations.runner import load_config, preflight
+
+SCENARIO = "w2a2-digits"
+BITS_HINT = "2, 3, 4, 5, 6, 7, 8, 32"
+
+# (--set overrides, key the error must name, a fragment of the message)
+BAD_PARSE: list[tuple[list[str], str, str]] = [
+    (["quant.weight-bits=0"], "quant.weight-bits", f"must be one of {BITS_HINT}; got 0"),
+    (["quant.weight-bits=1"], "quant.weight-bits", f"must be one of {BITS_HINT}; got 1"),
+    (["quant.weight-bits=33"], "quant.weight-bits", f"must be one of {BITS_HINT}; got 33"),
+    (["quant.weight-bits=2.5"], "quant.weight-bits", "must be an integer, got 2.5"),
+    (["quant.act-bits=1"], "quant.act-bits", f"must be one of {BITS_HINT}; got 1"),
+    (["quant.codec=int3-magic"], "quant.codec", "must be one of fp32, fp16, delta-int8, delta-int4, qweights"),
+]
+PARSE_IDS = ["wbits-0", "wbits-1", "wbits-33", "wbits-2.5", "abits-1", "unknown-codec"]
+
+
+@pytest.fixture
+def mlp_checkpoint(tmp_path: Path) -> Path:
+    """A valid safetensors file holding an ``mlp`` state (digits-shaped)."""
+    path = tmp_path / "mlp.safetensors"
+    model = build_model("mlp", (1, 8, 8), 10)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _one_error_line(err: str) -> str:
+    """The single ``error:`` line on stderr (the CLI's contract)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_scenario_parses_and_passes_preflight() -> None:
+    # Execute
+    cfg, flat = load_config(SCENARIO)
+    warnings = preflight(cfg)
+
+    # Assert: the 2-bit settings the scenario promises
+    assert (cfg.quant.weight_bits, cfg.quant.act_bits, cfg.quant.codec) == (2, 2, "qweights")
+    assert cfg.model.arch == "cnn" and cfg.data.dataset == "digits"
+    assert flat["devices.profiles.rpi4"] == 1.0
+    assert warnings == []
+
+
+@pytest.mark.parametrize(("overrides", "key", "fragment"), BAD_PARSE, ids=PARSE_IDS)
+def test_load_config_names_the_key(overrides: list[str], key: str, fragment: str) -> None:
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        load_config(SCENARIO, overrides)
+
+    # Assert
+    msg = str(info.value)
+    assert info.value.key == key
+    assert msg.startswith(f"{key}: ") and fragment in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize(("overrides", "key", "fragment"), BAD_PARSE, ids=PARSE_IDS)
+def test_cli_bad_quant_value_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     overrides: list[str], key: str, fragment: str) -> None:
+    # Prepare
+    out = tmp_path / "run"
+    argv = ["run", SCENARIO, "--out", str(out), "--quiet", "--no-report"]
+    for o in overrides:
+        argv += ["--set", o]
+
+    # Execute
+    code = main(argv)
+
+    # Assert: exit 2, exactly one line on stderr, naming the key; nothing written
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    line = _one_error_line(err)
+    assert line.startswith(f"error: {key}: ") and fragment in line, line
+    assert not out.exists()
+
+
+def test_preflight_rejects_checkpoint_of_wrong_arch(mlp_checkpoint: Path) -> None:
+    # Prepare: the config parses; only preflight can see the file does not fit a cnn
+    cfg, _ = load_config(SCENARIO, {"model.arch": "cnn", "model.checkpoint": str(mlp_checkpoint)})
+
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg)
+
+    # Assert
+    msg = str(info.value)
+    assert info.value.key == "model.checkpoint"
+    assert msg.startswith("model.checkpoint: ") and "does not fit model.arch" in msg and "\n" not in msg, msg
+
+
+def test_preflight_rejects_missing_checkpoint(tmp_path: Path) -> None:
+    # Prepare
+    missing = tmp_path / "nope.safetensors"
+    cfg, _ = load_config(SCENARIO, {"model.checkpoint": str(missing)})
+
+    # Execute
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg)
+
+    # Assert
+    assert info.value.key == "model.checkpoint"
+    assert str(info.value) == f"model.checkpoint: checkpoint '{missing}' not found"
+
+
+@pytest.mark.parametrize("case", ["wrong-arch", "missing"])
+def test_cli_bad_checkpoint_exits_2(case: str, mlp_checkpoint: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    path = mlp_checkpoint if case == "wrong-arch" else tmp_path / "nope.safetensors"
+    out = tmp_path / "run"
+    argv = ["run", SCENARIO, "--out", str(out), "--quiet", "--no-report",
+            "--set", "model.arch=cnn", "--set", f"model.checkpoint={path}"]
+
+    # Execute
+    code = main(argv)
+
+    # Assert: one error line naming model.checkpoint (Flower may log its own warnings), nothing written
+    err = capsys.readouterr().err
+    assert code == 2
+    line = _one_error_line(err)
+    assert line.startswith("error: model.checkpoint: "), line
+    assert ("does not fit model.arch" if case == "wrong-arch" else "not found") in line, line
+    assert not out.exists()
