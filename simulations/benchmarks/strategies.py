@@ -1,0 +1,331 @@
+"""Benchmark: the built-in aggregation strategies on a W4A4 MNIST fleet, clean and under corrupted updates.
+
+Run: ``python -m simulations.benchmarks.strategies [--seeds 1] [--quick] [--out PATH]``.
+
+Every built-in ``strategy.name`` (options in `STRATEGIES`) runs on MNIST (``cnn``), 100 devices,
+Dirichlet label skew alpha in `ALPHAS`, W4A4 on ``rpi4`` devices with packed 4-bit uploads
+(``quant.codec = "qweights"``) and a 10% QuaRC coreset, under three conditions (`CONDITIONS`):
+
+* ``clean``: no faults;
+* ``corrupt+guard``: 10% of device-rounds send an update with N(0, 1e4) noise added to its largest
+  float tensor (``faults.corrupt-form = "norm"``); the fleet's guard (delta norm > 10x the round
+  median) rejects them before the strategy sees them;
+* ``corrupt-no-guard``: the same faults with ``strategy.guard-norm-factor = 1e12``, so the strategy
+  alone faces the corrupted updates.
+
+The faulty device-rounds are drawn by the server from the seed, so within one (alpha, seed) every
+strategy faces the same corrupted devices in the same rounds.
+
+Choices (not tuned here; nothing is tuned on the test split):
+
+* FedAdam/FedYogi ``eta = 10**-2.5``, ``tau = 1e-3``: the order of the best server rates Reddi et al.
+  (2021, "Adaptive Federated Optimization") report for EMNIST; Flower's defaults (0.1 / 0.01) move
+  every coordinate, LSQ step sizes included, by up to ~eta per round.
+* FedAvgM ``server_learning_rate = 0.5``, ``server_momentum = 0.5``: effective rate
+  lr / (1 - momentum) = 1, the regime Hsu et al. (2019) found best.
+* FedProx ``proximal_mu = 0.01``; trimmed mean ``beta = 0.2``; Krum ``num_malicious_nodes = 1``
+  (K = 6 devices per round needs K >= 2f + 3 = 5; 0.6 corrupted updates expected per round).
+* ``bit-aware`` equals FedAvg here (every device trains at 4 bits, so every weight ratio is 1); it is
+  kept as a check.
+
+Runs go through the project's own ServerApp and ClientApp (`simulations.server_app.make_server_app`,
+`fleet.client_app.make_client_app`), but messages are delivered in-process by `LocalGrid` instead of
+Flower's Ray engine: on this shared 2-core machine Ray's start-up cost ~55 s per run, more than the
+run itself. Device code, RNG streams and results are the same (each device's randomness derives
+from the config and the instruction, not the process). The float reference's central accuracy is
+computed once per process (`_memo_reference`), as it is identical for every run of a recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from fleet.config import ScenarioConfig, parse_config
+from simulations.stats import format_ci, mean_ci95
+
+RESULTS = Path(__file__).resolve().parent / "results" / "strategies.json"
+
+#: strategy.name -> strategy.options (see the module docstring for the reasons)
+STRATEGIES: dict[str, dict[str, float]] = {
+    "fedavg": {},
+    "fedprox": {"proximal-mu": 0.01},
+    "fedadam": {"eta": 10**-2.5, "tau": 1e-3},
+    "fedyogi": {"eta": 10**-2.5, "tau": 1e-3},
+    "fedavgm": {"server-learning-rate": 0.5, "server-momentum": 0.5},
+    "median": {},
+    "trimmed-mean": {"beta": 0.2},
+    "krum": {"num-malicious-nodes": 1},
+    "bit-aware": {},
+}
+ALPHAS: tuple[float, ...] = (0.1, 1.0)
+CORRUPT: dict[str, object] = {"faults.corrupt": 0.1, "faults.corrupt-form": "norm"}
+CONDITIONS: dict[str, dict[str, object]] = {
+    "clean": {},
+    "corrupt+guard": dict(CORRUPT),
+    "corrupt-no-guard": {**CORRUPT, "strategy.guard-norm-factor": 1e12},
+}
+#: Everything but strategy, alpha, condition and seed. The full budget fits ~35 min next to other jobs.
+FULL: dict[str, object] = {
+    "federation.num-devices": 100, "federation.devices-per-round": 6, "federation.rounds": 3,
+    "data.dataset": "npz", "data.root": "/work/shared/data/mnist", "data.test-limit": 1000,
+    "model.arch": "cnn", "model.pretrain-epochs": 5,
+    "quant.weight-bits": 4, "quant.act-bits": 4, "quant.codec": "qweights", "devices.profiles.rpi4": 1.0,
+    "coreset.method": "quarc", "coreset.fraction": 0.1, "train.local-epochs": 1, "ray.num-cpus": 1,
+}
+#: --quick: the same pipeline on scikit-learn's digits (no files), a few devices, for the smoke test.
+QUICK: dict[str, object] = {
+    **FULL, "federation.num-devices": 12, "federation.devices-per-round": 6, "federation.rounds": 2,
+    "data.dataset": "digits", "data.root": "", "data.test-limit": 300, "model.arch": "mlp",
+    "model.pretrain-epochs": 3, "train.batch-size": 16,
+}
+QUICK_STRATEGIES: tuple[str, ...] = ("fedavg", "median", "krum")
+
+
+class LocalGrid(Grid):
+    """A Flower Grid that runs the ClientApp in this process, one message at a time.
+
+    Node ``i + 1`` simulates device (partition) ``i``, with a Context kept across rounds, as
+    Flower's simulation engine does. A ClientApp exception becomes an error reply, as there.
+
+    Parameters
+    ----------
+    client_app : ClientApp
+        The devices' app.
+    num_nodes : int
+        Number of simulated devices.
+    """
+
+    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+        self.client_app = client_app
+        self.contexts = {
+            i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(), run_config={},
+                           node_config={"partition-id": i, "num-partitions": num_nodes})
+            for i in range(num_nodes)
+        }
+
+    def set_run(self, run_id: int) -> None:  # noqa: D102 - single in-process run
+        pass
+
+    @property
+    def run(self) -> Any:  # noqa: D102
+        raise NotImplementedError("LocalGrid has no SuperLink run")
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:  # noqa: D102
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        raise NotImplementedError("use send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        raise NotImplementedError("use send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        """Deliver each message to its node's ClientApp and return the replies (``timeout`` unused)."""
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            try:
+                reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            except Exception as exc:  # noqa: BLE001 - a device failure is a reply, as in Flower
+                reason = f"{type(exc)}:<'{exc}'>"
+                reply = Message(Error(code=0, reason=reason + traceback.format_exc(limit=2)), reply_to=msg)
+            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            replies.append(reply)
+        return replies
+
+
+@contextmanager
+def _memo_reference() -> Iterator[None]:
+    """Compute each recipe's float reference (and its full-test-set accuracy) once per process."""
+    from fleet import reference as ref
+    from simulations import server_app
+
+    memo: dict[str, tuple] = {}
+    original = server_app.reference_model
+
+    def cached(cfg: ScenarioConfig, fd: Any) -> tuple:
+        key = ref._recipe(cfg)  # the framework's own cache key of a reference
+        if key not in memo:
+            memo[key] = original(cfg, fd)
+        return memo[key]
+
+    with mock.patch.object(server_app, "reference_model", cached):
+        yield
+
+
+def run_local(cfg: ScenarioConfig, run_dir: Path) -> tuple[dict, float | None]:
+    """Run a scenario through the ServerApp and ClientApp on a `LocalGrid`.
+
+    Returns the summary and the central accuracy of the initial (round 0) model.
+    """
+    from fleet.client_app import make_client_app
+    from simulations.server_app import make_server_app
+
+    flat = cfg.to_flat()
+    box: dict[str, Any] = {}
+    seen: dict[str, float] = {}
+
+    def progress(row: dict) -> None:
+        if row.get("round") == 0:
+            seen["round0"] = row["accuracy"]
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name)
+    grid = LocalGrid(make_client_app(flat), cfg.federation.num_devices)
+    # Messages take their run and sender from Flower's process identity, which its runtimes set.
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    try:
+        server(grid=grid, context=Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},
+                                          state=RecordDict(), run_config={}))
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    return box, seen.get("round0")
+
+
+def run_cell(base: dict[str, object], strategy: str, alpha: float, condition: str, seed: int,
+             run_dir: Path) -> dict[str, Any]:
+    """One run: returns final accuracy, accuracy per round (round 0 first), bytes and fault counts."""
+    flat = {**base, **CONDITIONS[condition], "data.alpha": alpha, "federation.seed": seed,
+            "strategy.name": strategy,
+            **{f"strategy.options.{k}": v for k, v in STRATEGIES[strategy].items()}}
+    cfg = parse_config(flat, name=f"{strategy}-a{alpha}-{condition}-s{seed}")
+    t0 = time.perf_counter()
+    summary, acc0 = run_local(cfg, run_dir)
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    devices = [json.loads(line) for line in (run_dir / "devices.jsonl").read_text().splitlines()]
+    return {
+        "strategy": strategy, "options": STRATEGIES[strategy], "alpha": alpha, "condition": condition,
+        "seed": seed, "status": summary.get("status"), "final_accuracy": summary.get("final_accuracy"),
+        "fp_reference_accuracy": summary.get("fp_reference_accuracy"),
+        "accuracy_per_round": [acc0] + [r["accuracy"] for r in rounds],
+        "uplink_bytes": summary.get("uplink_bytes"),
+        "uplink_bytes_per_round": [r["uplink_bytes"] for r in rounds],
+        "corrupt_sent": sum(d.get("fault") == "corrupt" for d in devices),
+        "rejected": sum(r["devices_rejected"] for r in rounds),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import flwr
+    import ray
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    return {"cpu_count": os.cpu_count(), "memory_bytes": mem, "python": platform.python_version(),
+            "torch": torch.__version__, "flwr": flwr.__version__, "ray": ray.__version__,
+            "load_average": list(os.getloadavg())}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(cells: list[dict[str, Any]]) -> str:
+    """Rows strategy, columns alpha x condition: final accuracy in percent (mean ± 95% CI over seeds)."""
+    strategies = list(dict.fromkeys(c["strategy"] for c in cells))
+    cols = [(a, cond) for a in dict.fromkeys(c["alpha"] for c in cells) for cond in CONDITIONS
+            if any(c["alpha"] == a and c["condition"] == cond for c in cells)]
+    heads = [f"a={a:g} {cond}" for a, cond in cols]
+    width = max(len(h) for h in heads) + 2
+    lines = [f"{'strategy':<13}" + "".join(f"{h:>{width}}" for h in heads)]
+    for s in strategies:
+        row = f"{s:<13}"
+        for a, cond in cols:
+            vals = [c["final_accuracy"] for c in cells if (c["strategy"], c["alpha"], c["condition"]) == (s, a, cond)
+                    and c["final_accuracy"] is not None]
+            row += f"{format_ci(*mean_ci95(vals), scale=100, digits=1) if vals else '-':>{width}}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _init_worker() -> None:
+    """Pool initializer: one torch thread, and the reference memo for the worker's lifetime."""
+    torch.set_num_threads(1)
+    _memo_reference().__enter__()  # noqa: PLC2801 - lives as long as the worker process
+
+
+def _run_job(job: tuple[dict[str, object], str, float, str, int, str]) -> dict[str, Any]:
+    base, strategy, alpha, cond, seed, tmp = job
+    return run_cell(base, strategy, alpha, cond, seed, Path(tmp) / f"{strategy}-{alpha}-{cond}-{seed}")
+
+
+def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the grid, print the table, write the JSON record; returns it."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per cell (federation.seed = 0..N-1)")
+    ap.add_argument("--quick", action="store_true", help="tiny budget on digits (smoke test, < 60 s)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes running cells side by side, 1 torch thread each (default: 1 quick, else 2)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    base = QUICK if args.quick else FULL
+    workers = args.workers or (1 if args.quick else 2)
+    strategies = QUICK_STRATEGIES if args.quick else tuple(STRATEGIES)
+    alphas = ALPHAS[:1] if args.quick else ALPHAS
+    cells: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-strategies-") as tmp:
+        jobs = [(base, s, alpha, cond, seed, tmp) for seed in range(args.seeds) for alpha in alphas
+                for cond in CONDITIONS for s in strategies]
+        with ExitStack() as stack:
+            if workers > 1:
+                pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
+                results = pool.imap(_run_job, jobs)
+            else:
+                stack.enter_context(_memo_reference())
+                results = map(_run_job, jobs)
+            for cell in results:
+                cells.append(cell)
+                log(f"{cell['strategy']:<13} a={cell['alpha']:<4g} {cell['condition']:<17} seed {cell['seed']}: "
+                    f"final {cell['final_accuracy']:.4f} rounds {[round(a, 3) for a in cell['accuracy_per_round']]}"
+                    f" corrupt {cell['corrupt_sent']} rejected {cell['rejected']} ({cell['wall_s']} s)")
+    wall = time.perf_counter() - t0
+    text = table(cells)
+    log(f"Final deployed W4A4 accuracy (%), {args.seeds} seed(s) per cell; wall {wall:.0f} s\n{text}")
+    record = {
+        "benchmark": "strategies", "quick": args.quick, "seeds": args.seeds, "budget": base,
+        "strategies": {s: STRATEGIES[s] for s in strategies}, "alphas": list(alphas), "conditions": CONDITIONS,
+        "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": _git_commit(), "machine": _machine(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(wall, 1), "table": text, "cells": cells,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {args.out}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
