@@ -87,6 +87,7 @@ CONDITIONS: dict[str, dict[str, object]] = {
     "corrupt+guard": dict(CORRUPT),
     "corrupt-no-guard": {**CORRUPT, "strategy.guard-norm-factor": 1e12},
 }
+RUN_ORDER: tuple[str, ...] = ("corrupt-no-guard", "clean", "corrupt+guard")
 #: Everything but strategy, alpha, condition and seed. Cut to fit ~35 min on 2 cores shared with other jobs
 #: (load average ~25 when it was set): 2 rounds x 5 devices, 1 local epoch, 500 test images.
 FULL: dict[str, object] = {
@@ -276,6 +277,16 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _resumable(path: Path, base: dict[str, object]) -> list[dict[str, Any]]:
+    """Cells of an interrupted run at ``path`` with the same budget and options, else none."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    if not old.get("partial") or old.get("budget") != json.loads(json.dumps(base)):
+        return []
+    return [c for c in old["cells"] if STRATEGIES.get(c["strategy"]) == c["options"]]
+
+
 def _init_worker() -> None:
     """Pool initializer: one torch thread, and the reference memo for the worker's lifetime."""
     torch.set_num_threads(1)
@@ -295,17 +306,21 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     ap.add_argument("--workers", type=int, default=None,
                     help="processes running cells side by side, 1 torch thread each (default: 1 quick, else 2)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cells of an interrupted run in --out (same budget) and run the rest")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     base = QUICK if args.quick else FULL
     workers = args.workers or (1 if args.quick else 2)
     strategies = QUICK_STRATEGIES if args.quick else tuple(STRATEGIES)
     alphas = ALPHAS[:1] if args.quick else ALPHAS
-    cells: list[dict[str, Any]] = []
+    cells = _resumable(args.out, base) if args.resume else []
+    done = {(c["strategy"], c["alpha"], c["condition"], c["seed"]) for c in cells}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-strategies-") as tmp:
-        jobs = [(base, s, alpha, cond, seed, tmp) for seed in range(args.seeds) for alpha in alphas
-                for cond in CONDITIONS for s in strategies]
+        # Most telling condition first (no guard), so an interrupted run still has whole columns.
+        jobs = [(base, s, alpha, cond, seed, tmp) for seed in range(args.seeds) for cond in RUN_ORDER
+                for alpha in alphas for s in strategies if (s, alpha, cond, seed) not in done]
         with ExitStack() as stack:
             if workers > 1:
                 pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
                 results = map(_run_job, jobs)
             for cell in results:
                 cells.append(cell)
-                _write(args.out, {"partial": True, "cells": cells})  # survives an interrupted run
+                _write(args.out, {"partial": True, "budget": base, "cells": cells})  # for --resume
                 log(f"{cell['strategy']:<13} a={cell['alpha']:<4g} {cell['condition']:<17} seed {cell['seed']}: "
                     f"final {cell['final_accuracy']:.4f} rounds {[round(a, 3) for a in cell['accuracy_per_round']]}"
                     f" corrupt {cell['corrupt_sent']} rejected {cell['rejected']} ({cell['wall_s']} s)")
