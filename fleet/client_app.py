@@ -26,6 +26,7 @@ from torch import nn
 from fleet import protocol as P
 from fleet.config import ScenarioConfig, parse_config
 from fleet.device import run_device_round
+from fleet.devicestate import load_device_state, save_device_state
 from fleet.fleetdata import fleet_data
 from fleet.models import build_model
 from fleet.reference import cache_dir, save_atomic, state_hash
@@ -77,7 +78,9 @@ def _reference(cfg: ScenarioConfig, ref_hash: str, content: RecordDict) -> nn.Mo
     return model
 
 
-def _load_state(context: Context) -> dict[str, np.ndarray]:
+def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndarray]:
+    if ins.state_dir:
+        return load_device_state(ins.state_dir, ins.device, ins.server_round)
     if P.STATE_ARRAYS not in context.state:
         return {}
     return {k: np.array(v.numpy()) for k, v in context.state[P.STATE_ARRAYS].items()}
@@ -93,8 +96,11 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     if P.REFERENCE in msg.content:
         downlink += msg.content[P.REFERENCE].count_bytes()
     reference = _reference(cfg, ins.ref_hash, msg.content)
-    out = run_device_round(cfg, ins, global_arrays, reference, _load_state(context), downlink)
-    context.state[P.STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.state.items()})
+    out = run_device_round(cfg, ins, global_arrays, reference, _load_state(context, ins), downlink)
+    if ins.state_dir:
+        save_device_state(ins.state_dir, ins.device, ins.server_round, out.state)
+    else:
+        context.state[P.STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.state.items()})
     metrics, report = out.report.to_records()
     arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.payload.items()})
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics, P.REPORT: report}), reply_to=msg)

@@ -50,6 +50,7 @@ class DeviceInstruction:
     fault: str = ""  # injected fault kind for this device-round ("" = none)
     proximal_mu: float = 0.0
     batch_size: int = 0  # 0 = the scenario's
+    state_dir: str = ""  # the device's local storage for its state ("" = Flower's context.state)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({_kebab(f.name): getattr(self, f.name) for f in dataclasses.fields(self)})

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         from simulations.engine import shutdown_ray
 
         shutdown_ray()
-        print("interrupted: finished rounds are on disk", file=sys.stderr)
+        print("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`",
+              file=sys.stderr)
         return 130
 
 

@@ -19,7 +19,17 @@ from fleet.quant.export import export_nbytes, export_quantized, load_exported, s
 
 log = logging.getLogger(__name__)
 
-__all__ = ["export_deployable"]
+__all__ = ["export_deployable", "write_qgt_report"]
+
+
+def write_qgt_report(model: nn.Module, bits: int, run_dir: Path) -> None:
+    """Per-layer distance to the low-bit grid of the final model (QGT's bottleneck report, a reconstruction)."""
+    from fleet.qgt import bottleneck_report
+
+    from simulations.results import write_json_atomic
+
+    layers = bottleneck_report(model, bits)
+    write_json_atomic(run_dir / "qgt.json", {"bits": bits, "layers": layers})
 
 
 @torch.no_grad()

@@ -9,8 +9,13 @@ only. ``flwr run .`` uses the same ServerApp and ClientApp through
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import sys
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flwr.clientapp import ClientApp
@@ -20,7 +25,51 @@ from fleet.config import ScenarioConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["backend_config", "simulate", "shutdown_ray"]
+__all__ = ["backend_config", "simulate", "shutdown_ray", "kill_process_tree", "interrupt_guard"]
+
+
+def kill_process_tree(grace_s: float = 3.0) -> None:
+    """Terminate every descendant of this process (Ray's GCS, raylet and workers), then kill stragglers."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for c in children:
+        try:
+            c.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for c in alive:
+        try:
+            c.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@contextlib.contextmanager
+def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
+    """Make Ctrl-C (SIGINT) and SIGTERM stop a run cleanly and at once.
+
+    A terminal's Ctrl-C reaches Ray's own processes too, after which Flower's engine can wait
+    forever on actors that are gone. So the handler does not unwind through the engine: it runs
+    ``on_interrupt`` (mark the run as interrupted; finished rounds and checkpoints are already on
+    disk), kills the whole process tree, and exits with 130.
+    """
+    def handler(signum: int, _frame: object) -> None:
+        try:
+            on_interrupt()
+        finally:
+            kill_process_tree()
+            sys.stderr.write("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`\n")
+            sys.stderr.flush()
+            os._exit(130)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 def backend_config(cfg: ScenarioConfig) -> dict[str, Any]:

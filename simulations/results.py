@@ -83,6 +83,40 @@ class RunDir:
         self.last_accuracy: float | None = None
         self.summary: dict[str, Any] = {}  # extra summary fields set during the run
 
+    # -- resume --------------------------------------------------------------------------------
+    def truncate_to(self, last_round: int) -> None:
+        """Keep only lines of rounds <= ``last_round`` (a resumed run continues after its checkpoint)
+        and rebuild the running totals from them. Torn last lines from a crash are dropped too."""
+        prior_wall = 0.0
+        for name in ("devices.jsonl", "rounds.jsonl"):
+            path = self.path / name
+            if not path.is_file():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the crash
+                if row.get("round", 0) <= last_round:
+                    kept.append(row)
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r, default=_plain) + "\n" for r in kept))
+            os.replace(tmp, path)
+            if name == "devices.jsonl":
+                self.energy_j = sum(r.get("energy_j") or 0.0 for r in kept)
+                continue
+            for r in kept:
+                self.totals.update({"uplink_bytes": r["uplink_bytes"], "downlink_bytes": r["downlink_bytes"],
+                                    "completed": r["devices_completed"],
+                                    "failed": r["devices_failed"] + r["devices_rejected"],
+                                    "dropped": r["devices_dropped"]})
+                self.sim_time_s += r["sim_time_s"]
+                prior_wall += r["wall_s"]
+                self.rounds_completed = r["round"]
+                self.last_accuracy = r["accuracy"]
+        self.t0 -= prior_wall  # wall_time_s counts the earlier session's rounds too
+
     # -- start ---------------------------------------------------------------------------------
     def write_config(self) -> None:
         with open(self.path / "config.toml", "wb") as fh:

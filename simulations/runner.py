@@ -97,17 +97,37 @@ def _split(text: str, default_key: str) -> tuple[str, str]:
 
 
 def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], None] | None = None,
-               verbose: bool = False) -> dict:
-    """Run a parsed scenario in-process on Ray; returns the summary."""
+               verbose: bool = False, resume: bool = False) -> dict:
+    """Run a parsed scenario in-process on Ray (or continue it from its last checkpoint); returns the summary.
+
+    On Ctrl-C the summary is marked ``interrupted`` (every finished round and its checkpoint are on disk,
+    so ``fleet resume`` continues it) and Ray is shut down before the KeyboardInterrupt propagates.
+    """
     from fleet.client_app import make_client_app
-    from simulations.engine import simulate
+    from simulations.engine import interrupt_guard, simulate
     from simulations.server_app import make_server_app
 
     flat = cfg.to_flat()
     box: dict[str, Any] = {}
-    server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name)
-    simulate(server, make_client_app(flat), cfg, verbose=verbose)
+    server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
+    with interrupt_guard(lambda: _mark_interrupted(run_dir)):
+        simulate(server, make_client_app(flat), cfg, verbose=verbose)
     return box
+
+
+def _mark_interrupted(run_dir: Path) -> None:
+    import json
+
+    from simulations.results import write_json_atomic
+
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("status") != "complete":
+        summary["status"] = "interrupted"
+        write_json_atomic(path, summary)
 
 
 def run_scenario(scenario: str, overrides: Mapping[str, str], out_dir: Path) -> None:

@@ -27,7 +27,9 @@ from fleet.fleetdata import fleet_data
 from fleet.quant.convert import init_quantizers
 from fleet.reference import reference_model, save_atomic
 from fleet.train import evaluate
-from simulations.deploy import export_deployable
+from simulations.checkpoint import (CheckpointError, config_hash, fleet_part, inner_part, latest_checkpoint,
+                                    restore_object_state, save_checkpoint)
+from simulations.deploy import export_deployable, write_qgt_report
 from simulations.results import RunDir, new_run_dir
 from strategies.fleet import FleetStrategy
 from strategies.loader import load_strategy
@@ -45,15 +47,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Run the scenario's federated phase on ``grid``; returns the summary."""
+def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None,
+              resume: bool = False) -> dict[str, Any]:
+    """Run the scenario's federated phase on ``grid`` (or continue it from its last checkpoint); returns the summary."""
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
-    out.write_config()
+    cfg_hash = config_hash(cfg.to_flat())
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None and ckpt.config_hash != cfg_hash:
+        raise CheckpointError(f"{run_dir}: config.toml changed since the checkpoint of round {ckpt.round}")
+    if ckpt is not None:
+        out.truncate_to(ckpt.round)
+    else:
+        out.write_config()
     out.write_summary("running")
     fd = fleet_data(cfg)
     ds = fd.dataset
-    out.write_partition(fd.histograms(), [len(t) for t in fd.train], [len(v) for v in fd.val])
+    if ckpt is None:
+        out.write_partition(fd.histograms(), [len(t) for t in fd.train], [len(v) for v in fd.val])
     reference, ref_hash, fp_acc = reference_model(cfg, fd)
     out.summary["fp_reference_accuracy"] = fp_acc
     wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
@@ -62,12 +73,18 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     if quantized:
         calib = fd.public if len(fd.public) else np.concatenate(fd.train)[:256]
         init_quantizers(model, ds.x_train[calib[:256]])
-    initial = state_arrays(model)
+    initial = state_arrays(model) if ckpt is None else ckpt.arrays
     codec = codec_for(cfg)
     qinfo = model_quant_info(model) if quantized else None
     inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
     ref_state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
     strategy = FleetStrategy(inner, cfg, codec, qinfo, ref_state, ref_hash)
+    strategy.state_dir = str(run_dir / "device-state")
+    if ckpt is not None:
+        strategy.load_state_dict(fleet_part(ckpt))
+        restore_object_state(inner, inner_part(ckpt), ckpt.inner_meta)
+        strategy.round_offset = ckpt.round
+        ckpt.restore_rngs()
     strategy.discover(grid, timeout=cfg.federation.round_timeout_s)
     x_test, y_test = ds.x_test, ds.y_test
     if cfg.data.test_limit:
@@ -76,25 +93,33 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     clock = {"t": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_arrays(eval_model, {k: np.array(v.numpy()) for k, v in arrays.items()})
+        global_arrays = {k: np.array(v.numpy()) for k, v in arrays.items()}
+        load_arrays(eval_model, global_arrays)
         acc, loss = evaluate(eval_model, x_test, y_test)
         if server_round > 0 and strategy.last is not None:
             now = time.perf_counter()
             row = out.record_round(strategy.last, acc, loss, now - clock["t"])
+            save_checkpoint(run_dir, strategy.last.server_round, global_arrays, strategy.state_dict(), inner,
+                            cfg_hash, cfg.output.keep_checkpoints)
             clock["t"] = now
             if progress is not None:
                 progress(row)
         elif progress is not None:
-            progress({"round": 0, "accuracy": acc})
+            progress({"round": strategy.round_offset, "accuracy": acc})
         return MetricRecord({"accuracy": acc, "loss": loss})
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
-                            num_rounds=cfg.federation.rounds, timeout=cfg.federation.round_timeout_s,
-                            evaluate_fn=evaluate_fn)
-    final = result.arrays if result.arrays is not None and len(result.arrays) else None
-    load_arrays(eval_model, {k: np.array(v.numpy()) for k, v in (final or ArrayRecord(
-        {k: Array(v) for k, v in initial.items()})).items()})
+    remaining = cfg.federation.rounds - strategy.round_offset
+    final_arrays = initial
+    if remaining > 0:
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+                                num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
+                                evaluate_fn=evaluate_fn)
+        if result.arrays is not None and len(result.arrays):
+            final_arrays = {k: np.array(v.numpy()) for k, v in result.arrays.items()}
+    load_arrays(eval_model, final_arrays)
     save_atomic(eval_model.state_dict(), run_dir / "model.safetensors")
+    if cfg.train.qgt_lambda > 0 or quantized:
+        write_qgt_report(eval_model, wb if wb < 32 else 8, run_dir)
     extra = export_deployable(eval_model, reference, cfg, run_dir, x_test, y_test) if quantized else {
         "model_size_bytes": _fp32_bytes(eval_model), "fp32_model_size_bytes": _fp32_bytes(eval_model)}
     return out.write_summary("complete", **extra)
@@ -106,7 +131,7 @@ def _fp32_bytes(model: torch.nn.Module) -> int:
 
 def make_server_app(flat_config: Mapping[str, Any] | None = None, run_dir: Path | None = None,
                     progress: ProgressFn | None = None, on_summary: Callable[[dict], None] | None = None,
-                    name: str = "scenario") -> ServerApp:
+                    name: str = "scenario", resume: bool = False) -> ServerApp:
     """A ServerApp; with a bound scenario and run directory it ignores the run config (``fleet run``)."""
     server = ServerApp()
 
@@ -115,7 +140,7 @@ def make_server_app(flat_config: Mapping[str, Any] | None = None, run_dir: Path 
         flat = dict(flat_config) if flat_config is not None else dict(context.run_config)
         cfg = parse_config(flat, name=name if flat_config is not None else "flwr")
         path = run_dir or new_run_dir("runs", "flwr", cfg.output.dir or None)
-        summary = run_fleet(grid, cfg, path, progress)
+        summary = run_fleet(grid, cfg, path, progress, resume=resume)
         if on_summary is not None:
             on_summary(summary)
 

@@ -81,6 +81,7 @@ class FleetStrategy(Strategy):
         self.participation = np.zeros(cfg.federation.num_devices, dtype=np.int64)
         self.has_reference = np.zeros(cfg.federation.num_devices, dtype=bool)
         self.round_offset = 0  # rounds already done before this start() (resume)
+        self.state_dir = ""  # devices' local storage for their state (simulation: inside the run directory)
         self.current: dict[str, np.ndarray] = {}
         self.pending: dict[int, P.DeviceReport] = {}
         self.last: RoundLog | None = None
@@ -128,7 +129,7 @@ class FleetStrategy(Strategy):
                 server_round=rnd, device=int(dev), profile=self.profiles[dev], weight_bits=w, act_bits=a,
                 participation=int(self.participation[dev]), ref_hash=self.ref_hash,
                 deadline_s=self.cfg.devices.deadline_s, fault=faults.get(int(dev), ""),
-                proximal_mu=float(extra.get("proximal-mu", 0.0)))
+                proximal_mu=float(extra.get("proximal-mu", 0.0)), state_dir=self.state_dir)
             content = RecordDict({P.ARRAYS: arrays, P.CONFIG: ins.to_record()})
             down = model_bytes
             if not self.has_reference[dev]:
