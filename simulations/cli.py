@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler; don't print twice
     args = build_parser().parse_args(argv)
     try:
         func = getattr(args, "func", None)

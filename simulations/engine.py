@@ -100,6 +100,8 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, 
     """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray."""
     from flwr.simulation import run_simulation
 
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning; CPU-only default
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
