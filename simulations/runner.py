@@ -107,6 +107,7 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     from simulations.engine import interrupt_guard, simulate
     from simulations.server_app import make_server_app
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     flat = cfg.to_flat()
     box: dict[str, Any] = {}
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
