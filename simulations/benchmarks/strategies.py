@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     strategies = QUICK_STRATEGIES if args.quick else tuple(STRATEGIES)
     alphas = ALPHAS[:1] if args.quick else ALPHAS
     seeds = fault_seeds(args.seeds, base)
-    cells = _resumable(args.out, base) if args.resume else []
+    cells = [c for c in _resumable(args.out, base) if c["seed"] in seeds] if args.resume else []
     done = {(c["strategy"], c["alpha"], c["condition"], c["seed"]) for c in cells}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-strategies-") as tmp:
