@@ -44,12 +44,7 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> ScenarioConfig:
     return _parse(tuple(sorted(run_config.items(), key=lambda kv: kv[0])))
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_reference(cfg: ScenarioConfig, ref_hash: str) -> nn.Module | None:
-    path = cache_dir(cfg) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
-    if not path.is_file():
-        return None
-    return _as_model(cfg, load_file(str(path)))
+_REFERENCES: dict[str, nn.Module] = {}  # read-only float references by content hash, shared by this process
 
 
 def _as_model(cfg: ScenarioConfig, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -63,19 +58,25 @@ def _as_model(cfg: ScenarioConfig, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _reference(cfg: ScenarioConfig, ref_hash: str, content: RecordDict) -> nn.Module:
-    """The frozen reference: from the message the first time (then cached by hash), else from the cache."""
+    """The frozen reference: kept by hash in this process; the first copy comes with a message (and is also
+    written to the device's disk cache), or from that disk cache when this process has not seen it yet."""
+    if ref_hash in _REFERENCES:
+        return _REFERENCES[ref_hash]
+    path = Path(cache_dir(cfg)) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
     if P.REFERENCE in content:
         state = {k: torch.from_numpy(np.array(v.numpy())) for k, v in content[P.REFERENCE].items()}
         if state_hash(state) != ref_hash:
             raise ValueError("reference arrays do not match their hash")
-        path = Path(cache_dir(cfg)) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
         if not path.is_file():
             save_atomic(state, path)
-        _cached_reference.cache_clear()
-    model = _cached_reference(cfg, ref_hash)
-    if model is None:
+    elif path.is_file():
+        state = load_file(str(path))
+    else:
         raise RuntimeError(f"float reference {ref_hash} was never received by this device")
-    return model
+    if len(_REFERENCES) >= 2:
+        _REFERENCES.clear()
+    _REFERENCES[ref_hash] = _as_model(cfg, state)
+    return _REFERENCES[ref_hash]
 
 
 def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndarray]:

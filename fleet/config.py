@@ -14,6 +14,7 @@ Errors are :class:`ConfigError`, whose text is one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class ScenarioConfig:
         return to_flat(self)
 
     def __hash__(self) -> int:  # the custom-profile tables are dicts: hash the canonical flat form
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:  # computed once: configs key the per-process caches on every message
         return hash((self.name, tuple(sorted((k, repr(v)) for k, v in self.to_flat().items()))))
 
 

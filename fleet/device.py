@@ -10,6 +10,7 @@ small dict of numpy arrays; the caller keeps it between rounds.
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from torch import nn
 
 from fleet import faults as faultlib
 from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.quant.convert import init_quantizers
 from fleet.codecs import build_codec, payload_nbytes
 from fleet.config import ScenarioConfig
 from fleet.coreset.base import SelectionContext
@@ -83,17 +85,19 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
     faultlib.maybe_crash(ins.fault)
 
     quantized = is_quantized(ins.weight_bits, ins.act_bits)
-    model = trainable_model(cfg, reference, ins.weight_bits, ins.act_bits)
-    load_arrays(model, global_arrays)
+    own_width = (ins.weight_bits, ins.act_bits) == (cfg.quant.weight_bits, cfg.quant.act_bits)
+    model = copy.deepcopy(_template(cfg, ins.ref_hash, reference, ins.weight_bits, ins.act_bits))
+    if own_width:
+        load_arrays(model, global_arrays)
+    else:
+        _load_other_width(model, global_arrays, data.x[:256])
     if len(data.y_val):
         rep.accuracy, _ = evaluate(model, data.x_val, data.y_val)
 
     # Memory: estimate the round's peak; over budget the device fails or shrinks its batch.
     batch = ins.batch_size or cfg.train.batch_size
     teacher = reference if (quantized and cfg.train.kd) or cfg.train.clc_beta != 0.0 else None
-    est = estimate_peak_memory(model, ds.in_shape, batch, optimizer=cfg.train.optimizer,
-                               momentum=cfg.train.momentum, teacher=teacher, quantized=quantized)
-    rep.peak_mem_mb = est.total_bytes / 2**20
+    rep.peak_mem_mb = _peak_mb(cfg, model, ins.weight_bits, ins.act_bits, batch, teacher)
     if rep.peak_mem_mb > profile.memory_mb:
         fitted = None
         if cfg.devices.memory_policy == "shrink-batch":
@@ -104,9 +108,7 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
             rep.wall_s = time.perf_counter() - t0
             return DeviceRound({}, rep, state)
         batch = fitted
-        rep.peak_mem_mb = estimate_peak_memory(model, ds.in_shape, batch, optimizer=cfg.train.optimizer,
-                                               momentum=cfg.train.momentum, teacher=teacher,
-                                               quantized=quantized).total_bytes / 2**20
+        rep.peak_mem_mb = _peak_mb(cfg, model, ins.weight_bits, ins.act_bits, batch, teacher)
     rep.batch_size = batch
 
     # Coreset: scored with the current (received) model and the frozen reference, reused between re-selections.
@@ -129,9 +131,8 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
 
     # The virtual clock: predict the round before training, so a straggler spends no real compute.
     codec = codec_for(cfg)
-    qinfo = model_quant_info(model) if quantized else None
-    base = state_arrays(model)
-    up_bytes = payload_nbytes(codec.encode(base, base, _rng(cfg, ins, 3), qinfo))
+    qinfo = model_quant_info(model) if quantized else _global_qinfo(cfg, ins.ref_hash, reference)
+    up_bytes = _upload_nbytes(cfg, ins.ref_hash, reference, ins.weight_bits, ins.act_bits, global_arrays)
     flops = _flops(cfg.model.arch, ds.in_shape, ds.num_classes)
     train_n = len(y) * cfg.train.local_epochs
     teacher_n = train_n if teacher is not None else 0
@@ -155,7 +156,7 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
     if clc:
         rep.extra = {"kd-clc-ratio": result.kd_clc_ratio, "clc-beta": result.beta}
 
-    local = state_arrays(model)
+    local = _upload_state(model, global_arrays)
     payload = codec.encode(local, global_arrays, _rng(cfg, ins, 4), qinfo)
     payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, _rng(cfg, ins, 5),
                                            cfg.faults.corrupt_form)
@@ -166,6 +167,75 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
     faultlib.maybe_hang(ins.fault, cfg.federation.round_timeout_s)
     rep.wall_s = time.perf_counter() - t0
     return DeviceRound(payload, rep, new_state)
+
+
+# -- per-process caches of read-only things derived from (scenario, reference, width) ----------------
+_TEMPLATES: dict[tuple, nn.Module] = {}
+
+
+def _template(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module, wb: int, ab: int) -> nn.Module:
+    """The trainable model at a width, built once per process (devices get a deep copy)."""
+    key = (cfg, ref_hash, wb, ab)
+    if key not in _TEMPLATES:
+        if len(_TEMPLATES) > 8:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = trainable_model(cfg, reference, wb, ab)
+    return _TEMPLATES[key]
+
+
+def _global_qinfo(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module):  # noqa: ANN202
+    """The global model's QuantInfo (a float device encoding for the qweights codec uses the global grid)."""
+    if not is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits):
+        return None
+    return model_quant_info(_template(cfg, ref_hash, reference, cfg.quant.weight_bits, cfg.quant.act_bits))
+
+
+_PEAK_MB: dict[tuple, float] = {}
+
+
+def _peak_mb(cfg: ScenarioConfig, model: nn.Module, wb: int, ab: int, batch: int,
+             teacher: nn.Module | None) -> float:
+    """Peak training memory estimate (MiB); it depends only on architecture, width and batch, so it is cached."""
+    key = (cfg, wb, ab, batch, teacher is not None)
+    if key not in _PEAK_MB:
+        ds = fleet_data(cfg).dataset
+        est = estimate_peak_memory(model, ds.in_shape, batch, optimizer=cfg.train.optimizer,
+                                   momentum=cfg.train.momentum, teacher=teacher, quantized=is_quantized(wb, ab))
+        _PEAK_MB[key] = est.total_bytes / 2**20
+    return _PEAK_MB[key]
+
+
+_UPLOAD_NBYTES: dict[tuple, int] = {}
+
+
+def _upload_nbytes(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module, wb: int, ab: int,
+                   global_arrays: dict[str, np.ndarray]) -> int:
+    """Size of this width's upload; it depends only on shapes and bits, so it is computed once per width."""
+    key = (cfg, ref_hash, wb, ab)
+    if key not in _UPLOAD_NBYTES:
+        model = _template(cfg, ref_hash, reference, wb, ab)
+        qinfo = model_quant_info(model) if is_quantized(wb, ab) else _global_qinfo(cfg, ref_hash, reference)
+        base = _upload_state(model, global_arrays)
+        _UPLOAD_NBYTES[key] = payload_nbytes(codec_for(cfg).encode(base, base, np.random.default_rng(0), qinfo))
+    return _UPLOAD_NBYTES[key]
+
+
+def _load_other_width(model: nn.Module, global_arrays: dict[str, np.ndarray], x: torch.Tensor) -> None:
+    """A device whose hardware trains at another width than the global model: take the global weights,
+    and learn its own step sizes from them and its data (LSQ's initialisation), as a fresh deployment would."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in global_arrays.items():
+            if k in own and "_quant." not in k:
+                own[k].copy_(torch.from_numpy(np.asarray(v)).to(own[k].dtype).reshape(own[k].shape))
+    init_quantizers(model, x)
+
+
+def _upload_state(model: nn.Module, global_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The device's aggregatable state on the global model's keys (a tensor the device's width lacks,
+    such as a step size of a float device, is sent back unchanged)."""
+    local = state_arrays(model)
+    return {k: local.get(k, global_arrays[k]) for k in global_arrays}
 
 
 def _charge(rep: DeviceReport, cost: RoundCost) -> None:

@@ -40,7 +40,12 @@ def load_device_state(root: str, device: int, server_round: int) -> dict[str, np
 
 
 def save_device_state(root: str, device: int, server_round: int, state: dict[str, np.ndarray]) -> None:
-    """Save this round's state and drop files older than the previous one (two are kept)."""
+    """Save this round's state and drop files older than the previous one (two are kept).
+
+    An empty state is not written (a device with nothing to keep, e.g. no coreset, costs no disk I/O);
+    reading then finds the same nothing."""
+    if not state:
+        return
     folder = Path(root) / str(device)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

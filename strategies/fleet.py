@@ -31,6 +31,7 @@ from fleet.codecs import Codec
 from fleet.config import ScenarioConfig
 from fleet.hardware import availability_model, catalogue, device_profiles
 from fleet.profiles import nearest_bits
+from fleet.quant.convert import QuantInfo, QuantSpec
 from strategies.guard import screen_updates
 from strategies.sampling import draw_faults, sample_devices
 
@@ -106,8 +107,11 @@ class FleetStrategy(Strategy):
     def _bits(self, device: int) -> tuple[int, int]:
         prof = self.catalogue[self.profiles[device]]
         w = nearest_bits(self.cfg.quant.weight_bits, prof.bits)
-        a = self.cfg.quant.act_bits if w != 32 else 32
-        return w, a
+        if w > 8:
+            w = 32  # 16-bit hardware trains in (half-)float: no integer grid to learn
+        if w == self.cfg.quant.weight_bits:
+            return w, self.cfg.quant.act_bits
+        return w, (w if self.cfg.quant.act_bits != 32 and w != 32 else 32)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -182,7 +186,7 @@ class FleetStrategy(Strategy):
             log_.uplink_bytes += rep.uplink_bytes
             payload = {k: np.array(v.numpy()) for k, v in msg.content[P.ARRAYS].items()}
             try:
-                decoded[rep.device] = self.codec.decode(payload, self.current, self.qinfo)
+                decoded[rep.device] = self._decode(payload, rep.bits)
             except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update
                 rep.status, rep.error = "rejected", _one_line(f"undecodable update: {exc}")
                 continue
@@ -203,6 +207,19 @@ class FleetStrategy(Strategy):
         msgs = [_decoded_message(decoded[d], ok[d]) for d in sorted(accepted)]
         arrays, metrics = self.inner.aggregate_train(server_round, msgs)
         return arrays, metrics
+
+    def _decode(self, payload: dict[str, np.ndarray], bits: int) -> dict[str, np.ndarray]:
+        """Decode at the device's own width; a device at another width than the global model trained its
+        own step sizes, which are not comparable: the global steps are kept for it (decode to float, then
+        average weights across widths)."""
+        own = bits == self.cfg.quant.weight_bits
+        qinfo = self.qinfo
+        if not own and bits < 32 and qinfo is not None:
+            qinfo = QuantInfo({k: QuantSpec(bits, s.step_key, s.signed) for k, s in qinfo.weights.items()})
+        out = self.codec.decode(payload, self.current, qinfo)
+        if not own:
+            out.update({k: self.current[k] for k in out if "_quant." in k})
+        return out
 
     def _keep_first(self, ok: dict[int, P.DeviceReport], decoded: dict[int, dict[str, np.ndarray]]) -> None:
         """Over-selection (FedScale): keep the devices-per-round that finish first; the rest are stragglers."""
