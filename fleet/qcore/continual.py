@@ -73,6 +73,8 @@ class ContinualConfig:
         BP Adam learning rate of the latent codes, in steps (default: 0.01).
     recordings : int
         Recorded forward passes per core update (default: 10; the code: 50 passes / 5).
+    count_batch_size : int
+        Mini-batch size of the miss-counting forward passes (default: 32).
     holdout : float
         Fraction of each task batch held out for ``accuracy_task`` (default: 0.25).
     """
@@ -88,6 +90,7 @@ class ContinualConfig:
     lr: float = 0.01
     code_lr: float = 0.01
     recordings: int = 10
+    count_batch_size: int = 32
     holdout: float = 0.25
 
     def __post_init__(self) -> None:
@@ -247,7 +250,8 @@ def run_device_stream(
         start = time.perf_counter()
         flops_core = 0
         if policy == "qcore":
-            cx, cy, n_fwd = update_core(model, core, new, rng, recordings=cfg.recordings)
+            cx, cy, n_fwd = update_core(model, core, new, rng, recordings=cfg.recordings,
+                                          batch_size=cfg.count_batch_size)
             core, flops_core = (cx, cy), n_fwd * ff
         elif policy == "random":
             pool_x, pool_y = torch.cat([core[0], new[0]]), torch.cat([core[1], new[1]])

@@ -49,6 +49,9 @@ BFN_EPISODES = 20
 EVAL_TEST = 500
 SEVERITY = 0.5
 DIRICHLET_ALPHA = 0.5
+CODE_LR = 0.05  # at the default 0.01, 10 BP epochs move no code at all on this CNN
+RECORDINGS = 5  # recorded passes per core update (the code: 10); halves the update cost
+COUNT_BATCH = 64
 MIN_DEVICE_SAMPLES = 200
 
 
@@ -124,7 +127,8 @@ def main() -> None:
     print(f"float model: test acc {float_acc:.3f}; {int((counts > 0).sum())} samples with misses;"
           f" {time.perf_counter() - t0:.0f}s")
 
-    base = {"tasks": tasks, "drift": "covariate", "severity": SEVERITY}
+    base = {"tasks": tasks, "drift": "covariate", "severity": SEVERITY, "code_lr": CODE_LR,
+            "recordings": RECORDINGS, "count_batch_size": COUNT_BATCH}
     deps: dict[int, Deployment] = {}
     cores: dict[int, dict] = {}
     for bits in BITS:
