@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 from torch import nn
@@ -107,10 +107,27 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics, P.REPORT: report}), reply_to=msg)
 
 
-def _handle_query(msg: Message, context: Context) -> Message:
-    """Roster query: which device (partition) this node is."""
+def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
+    """Roster query (which device this node is), or the continual phase (``ask = "stream"``)."""
     pid = int(context.node_config.get("partition-id", -1))
-    return Message(RecordDict({P.REPORT: ConfigRecord({"device": pid})}), reply_to=msg)
+    ask = msg.content[P.CONFIG].get("ask", "device")
+    if ask != "stream":
+        return Message(RecordDict({P.REPORT: ConfigRecord({"device": pid})}), reply_to=msg)
+    from fleet.stream_device import run_stream_device
+
+    device = int(msg.content[P.CONFIG]["device"])
+    if pid not in (-1, device):
+        raise ValueError(f"stream for device {device} reached device {pid}")
+
+    def tensors(key: str) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.array(v.numpy())) for k, v in msg.content[key].items()}
+
+    core = tensors("core")
+    rows = run_stream_device(cfg, device, str(msg.content[P.CONFIG]["profile"]), tensors(P.ARRAYS),
+                             tensors("bfn") if "bfn" in msg.content else None, (core["x"], core["y"]))
+    metrics = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
+    metrics["device"] = device
+    return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 
 def make_client_app(flat_config: Mapping[str, Any] | None = None) -> ClientApp:
@@ -126,7 +143,9 @@ def make_client_app(flat_config: Mapping[str, Any] | None = None) -> ClientApp:
 
     @client.query()
     def query(msg: Message, context: Context) -> Message:
-        return _handle_query(msg, context)
+        cfg = config_from_run_config(bound if bound is not None else context.run_config)
+        torch.set_num_threads(1)
+        return _handle_query(msg, context, cfg)
 
     return client
 

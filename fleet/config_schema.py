@@ -222,6 +222,10 @@ class StreamConfig:
     calibration: str = opt("bfn", "on-device calibration", choices=(
         "bfn", "backprop-qcore", "backprop-random", "none"))
     devices: int = opt(0, "devices that run the stream (0 = all)", ge=0)
+    calibration_epochs: int = opt(10, "back-propagation epochs per stream batch (baselines, and what BFNs imitate)",
+                                  ge=0)
+    record_epochs: int = opt(10, "epochs of float training on the public split that record quantization misses",
+                             ge=1)
 
 
 SECTIONS: dict[str, type] = {

@@ -128,7 +128,7 @@ class RunDir:
         write_json_atomic(self.path / "partition.json", {"num_classes": int(hist.shape[1]), "devices": devices})
 
     # -- rounds --------------------------------------------------------------------------------
-    def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+    def append(self, name: str, rows: list[dict[str, Any]]) -> None:
         with open(self.path / name, "a") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=_plain) + "\n")
@@ -138,7 +138,7 @@ class RunDir:
     def record_round(self, rl: RoundLog, accuracy: float, loss: float, wall_s: float) -> dict[str, Any]:
         """Append the round's device lines, then its round line (the round line marks it complete)."""
         rows = [dict(r.as_row(), round=rl.server_round) for r in sorted(rl.reports, key=lambda r: r.device)]
-        self._append("devices.jsonl", rows)
+        self.append("devices.jsonl", rows)
         counts = Counter(r.status for r in rl.reports)
         accs = [r.accuracy for r in rl.reports if r.status == "ok" and r.accuracy >= 0]
         row = {
@@ -151,7 +151,7 @@ class RunDir:
             "device_accuracy_mean": float(np.mean(accs)) if accs else None,
             "device_accuracy_p10": float(np.percentile(accs, 10)) if accs else None,
         }
-        self._append("rounds.jsonl", [row])
+        self.append("rounds.jsonl", [row])
         self.totals.update({"uplink_bytes": rl.uplink_bytes, "downlink_bytes": rl.downlink_bytes,
                             "completed": counts["ok"], "failed": counts["failed"] + counts["rejected"],
                             "dropped": row["devices_dropped"]})

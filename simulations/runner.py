@@ -78,6 +78,15 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
             FeatureTaps(model, clc_layer_names(cfg, model))
         except ValueError as exc:
             raise ConfigError("train.clc-layers", str(exc)) from None
+    if cfg.stream.enabled:
+        from fleet.stream_device import continual_config
+
+        try:
+            ccfg = continual_config(cfg)
+            for rows in fd.train[: cfg.stream.devices or None]:
+                ccfg.check_local_data(len(rows))
+        except ValueError as exc:
+            raise ConfigError(*_split(str(exc), "stream")) from None
     if cfg.devices.deadline_s > 0:
         flops = model_flops(model, ds.in_shape)
         cat = catalogue(cfg)

@@ -31,6 +31,7 @@ from simulations.checkpoint import (CheckpointError, config_hash, fleet_part, in
                                     restore_object_state, save_checkpoint)
 from simulations.deploy import export_deployable, write_qgt_report
 from simulations.results import RunDir, new_run_dir
+from simulations.stream_phase import run_stream_phase
 from strategies.fleet import FleetStrategy
 from strategies.loader import load_strategy
 
@@ -122,7 +123,22 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
         write_qgt_report(eval_model, wb if wb < 32 else 8, run_dir)
     extra = export_deployable(eval_model, reference, cfg, run_dir, x_test, y_test) if quantized else {
         "model_size_bytes": _fp32_bytes(eval_model), "fp32_model_size_bytes": _fp32_bytes(eval_model)}
+    if cfg.stream.enabled:
+        out.write_summary("running", **extra)
+        extra["continual"] = run_stream_phase(grid, cfg, strategy, _float_copy(eval_model, reference), fd,
+                                              run_dir, out.append)
     return out.write_summary("complete", **extra)
+
+
+def _float_copy(model: torch.nn.Module, reference: torch.nn.Module) -> torch.nn.Module:
+    """The global model as a float model of the reference's architecture (latent weights of quantized layers)."""
+    fm = copy.deepcopy(reference)
+    own = fm.state_dict()
+    src = model.state_dict()
+    fm.load_state_dict({k: src[k] if k in src and src[k].shape == v.shape else v for k, v in own.items()})
+    for p in fm.parameters():
+        p.requires_grad_(True)
+    return fm
 
 
 def _fp32_bytes(model: torch.nn.Module) -> int:
