@@ -134,13 +134,16 @@ def build_bfn(layer: nn.Module, hidden: int = 32) -> BFN:
     raise ValueError(f"no BFN for {type(layer).__name__}; valid kinds: {', '.join(BFN_KINDS)}")
 
 
-def capture_inputs(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def capture_inputs(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Forward ``x`` once; return each quantized layer's raw input and the logits."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, inp, name=name: seen.__setitem__(name, inp[0].detach()))
-        for name, m in qcore_layers(model).items()
-    ]
+
+    def keep(name: str):  # noqa: ANN202
+        return lambda _m, inp: seen.__setitem__(name, inp[0].detach())
+
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in qcore_layers(model).items()]
     try:
         logits = model(x)
     finally:

@@ -99,7 +99,8 @@ class ContinualConfig:
         if bad := [b for b in self.core_bits if b not in SUPPORTED_BITS]:
             raise ValueError(f"stream.core-bits: {bad} not in {SUPPORTED_BITS}")
         if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"stream.calibration: '{self.calibration}' not in {list(CALIBRATIONS)}")
+            raise ValueError(
+                f"stream.calibration: '{self.calibration}' not in {list(CALIBRATIONS)}")
         if self.drift not in DRIFTS:
             raise ValueError(f"stream.drift: '{self.drift}' not in {list(DRIFTS)}")
         if self.tasks < 1 or self.core_size < 1 or self.epochs < 0 or self.recordings < 1:
@@ -119,7 +120,13 @@ class ContinualConfig:
 
 @dataclass(frozen=True)
 class TaskMetrics:
-    """What one device reports after stream task ``task`` (accuracies in [0, 1])."""
+    """What one device reports after stream task ``task`` (accuracies in [0, 1]).
+
+    All accuracies are measured *after* that task's core update and calibration:
+    ``accuracy_task`` on the held-out part of the task's batch, ``accuracy_original``
+    on the original test data (forgetting), ``accuracy_core`` on the current core.
+    ``flops = flops_core + flops_calibration``; ``wall_s`` covers both (not evaluation).
+    """
 
     task: int
     accuracy_task: float
@@ -215,6 +222,10 @@ def run_device_stream(
 ) -> list[TaskMetrics]:
     """Run one device's stream (see module docstring); ``model`` is not modified.
 
+    Takes the *deployed* quantized model rather than the float one: quantization,
+    the activation ranges, the initial calibration and the BFNs are off-device
+    products (``deploy``) shared by every device of a fleet.
+
     Parameters
     ----------
     model : nn.Module
@@ -234,10 +245,11 @@ def run_device_stream(
     """
     cfg.check_local_data(len(y_train))
     if len(core[1]) != cfg.core_size:
-        raise ValueError(f"stream.core-size: core has {len(core[1])} samples, config {cfg.core_size}")
+        raise ValueError(
+            f"stream.core-size: core has {len(core[1])} samples, config {cfg.core_size}")
     calibrate = build_calibration(cfg.calibration)
     if cfg.calibration == "bfn" and bfns is None:
-        raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy with calibration='bfn')")
+        raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy(with_bfns=True))")
     model = copy.deepcopy(model)
     ff = forward_flops(model, tuple(x_train.shape[1:]))
     ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, bfns=bfns)

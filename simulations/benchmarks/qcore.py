@@ -188,7 +188,8 @@ def _print_table(summary: dict, tasks: int) -> None:
         acc, orig = s["accuracy_task"], s["accuracy_original"]
         cells = " ".join(f"{acc['mean'][t]:.3f}±{acc['std'][t]:.3f}" for t in shown)
         print(f"{key:<20} {cells} {np.mean(acc['mean']):>11.3f} "
-              f"{orig['mean'][-1]:.3f}±{orig['std'][-1]:.3f} {np.mean(s['flops']['mean']) / 1e9:>10.3f}")
+              f"{orig['mean'][-1]:.3f}±{orig['std'][-1]:.3f} "
+              f"{np.mean(s['flops']['mean']) / 1e9:>10.3f}")
 
 
 if __name__ == "__main__":
