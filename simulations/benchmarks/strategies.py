@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     workers = args.workers or (1 if args.quick else 3)
     strategies = QUICK_STRATEGIES if args.quick else tuple(STRATEGIES)
     alphas = ALPHAS[:1] if args.quick else ALPHAS
+    commit = _git_commit()  # at the start: the tree may move on while the grid runs
     seeds = fault_seeds(args.seeds, base)
     cells = [c for c in _resumable(args.out, base) if c["seed"] in seeds] if args.resume else []
     done = {(c["strategy"], c["alpha"], c["condition"], c["seed"]) for c in cells}
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     record = {
         "benchmark": "strategies", "quick": args.quick, "seeds": seeds, "budget": base,
         "strategies": {s: STRATEGIES[s] for s in strategies}, "alphas": list(alphas), "conditions": CONDITIONS,
-        "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": _git_commit(), "machine": _machine(),
+        "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": commit, "machine": _machine(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(wall, 1), "table": text, "cells": cells,
     }
