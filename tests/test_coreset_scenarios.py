@@ -77,7 +77,7 @@ def test_preflight_names_clc_layers() -> None:
 
 def test_clc_layers_unchecked_when_clc_off() -> None:
     # Prepare: beta = 0 means CLC is off, so the layer list is never used
-    cfg, _ = load_config(SCENARIO, ["train.clc-layers=nope"])
+    cfg, _ = load_config(SCENARIO, ["train.clc-layers=nope", "train.clc-beta=0"])
 
     # Execute / Assert: no error
     assert preflight(cfg) == []
