@@ -91,7 +91,10 @@ def scenario(data: BenchData, setting: str, budget: dict[str, Any], bits: int, f
         "federation.seed": seed, "ray.num-cpus": 1, **TRAIN,
     }
     if setting == "single":
-        flat.update({"federation.num-devices": 1, "federation.devices-per-round": 1, "data.partition": "iid"})
+        # The seed also draws which 90% of B the device holds (the rest is its held-out split), so seeds vary
+        # the data, not only the batch order: otherwise a 1% ACS/QuaRC coreset is the same for every seed.
+        flat.update({"federation.num-devices": 1, "federation.devices-per-round": 1, "data.partition": "iid",
+                     "data.val-fraction": 0.1})
     else:
         flat.update({"federation.num-devices": budget["devices"], "federation.devices-per-round":
                      budget["per_round"], "data.partition": "dirichlet", "data.alpha": 0.3})
