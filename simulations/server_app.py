@@ -86,7 +86,8 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
         restore_object_state(inner, inner_part(ckpt), ckpt.inner_meta)
         strategy.round_offset = ckpt.round
         ckpt.restore_rngs()
-    strategy.discover(grid, timeout=cfg.federation.round_timeout_s)
+    # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
+    strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
     x_test, y_test = ds.x_test, ds.y_test
     if cfg.data.test_limit:
         x_test, y_test = x_test[: cfg.data.test_limit], y_test[: cfg.data.test_limit]

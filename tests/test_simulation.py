@@ -68,3 +68,18 @@ def test_low_bit_quarc_run_with_crashing_devices(tmp_path: Path, monkeypatch: py
     assert ok and all(d["coreset_size"] <= d["local_size"] and d["scoring_passes"] > 0 for d in ok)
     assert all(d["bits"] == 2 for d in ok)
     assert sum(r["devices_failed"] for r in rounds) == len(failed)
+
+
+def test_hanging_devices_time_out_and_the_round_closes_without_them(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: half the device-rounds hang past a short round timeout
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path / "cache"))
+
+    # Execute
+    s, rounds, devices = _run(tmp_path, "hang", **{"faults.hang": 0.4, "federation.round-timeout-s": 20.0})
+
+    # Assert: the run completes; hung devices are failed with the timeout reason, the others trained
+    hung = [d for d in devices if d["fault"] == "hang"]
+    assert s["status"] == "complete" and s["rounds_completed"] == 2
+    assert hung and all(d["status"] == "failed" and "round-timeout" in d["error"] for d in hung)
+    assert any(d["status"] == "ok" for d in devices if d["fault"] is None)
