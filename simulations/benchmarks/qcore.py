@@ -118,7 +118,9 @@ def main() -> None:
     parts = dirichlet_split(y_priv.numpy(), n_split, DIRICHLET_ALPHA, rng,
                             MIN_DEVICE_SAMPLES)[:devices]
 
-    model = build_model("cnn", (1, HW, HW), 10)
+    with torch.random.fork_rng():  # layer init draws from torch's global RNG; seed it locally
+        torch.manual_seed(args.seed)
+        model = build_model("cnn", (1, HW, HW), 10)
     records = train_float_recording(model, x_pub, y_pub, FLOAT_EPOCHS, gen, lr=FLOAT_LR,
                                     record_every=RECORD_EVERY)
     counts = count_misses(records)
