@@ -26,7 +26,7 @@ from fleet.train import evaluate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "reference_model", "state_hash", "load_state_checked", "save_atomic"]
+__all__ = ["cache_dir", "reference_model", "state_hash", "load_state_checked", "save_atomic", "pretrain"]
 
 
 def cache_dir(cfg: ScenarioConfig) -> Path:
@@ -80,15 +80,14 @@ def _recipe(cfg: ScenarioConfig) -> str:
     }, sort_keys=True)
 
 
-def _pretrain(model: nn.Module, fd: FleetData, cfg: ScenarioConfig) -> None:
-    ds = fd.dataset
-    x, y = ds.x_train[fd.public], ds.y_train[fd.public]
-    if len(y) == 0 or cfg.model.pretrain_epochs == 0:
+def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int = 0) -> None:
+    """Central float training (Adam, cross-entropy, batch 64), seeded; leaves the model in eval mode."""
+    if len(y) == 0 or epochs == 0:
         return
-    gen = torch.Generator().manual_seed(cfg.federation.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.model.pretrain_lr)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in range(cfg.model.pretrain_epochs):
+    for _ in range(epochs):
         perm = torch.randperm(len(y), generator=gen)
         for s in range(0, len(y), 64):
             idx = perm[s:s + 64]
@@ -113,7 +112,9 @@ def reference_model(cfg: ScenarioConfig, fd: FleetData) -> tuple[nn.Module, str,
             log.info("float reference loaded from cache %s", path)
         else:
             log.info("pretraining the float reference on %d public samples", len(fd.public))
-            _pretrain(model, fd, cfg)
+            pub = fd.public
+            pretrain(model, fd.dataset.x_train[pub], fd.dataset.y_train[pub], cfg.model.pretrain_epochs,
+                     cfg.model.pretrain_lr, cfg.federation.seed)
             save_atomic(model.state_dict(), path)
     model.eval()
     for p in model.parameters():

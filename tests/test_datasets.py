@@ -16,7 +16,7 @@ from PIL import Image
 from fleet.config_schema import ConfigError
 from fleet.datasets import load_dataset
 
-REAL_MNIST = Path("/work/shared/data/mnist")
+REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(autouse=True)

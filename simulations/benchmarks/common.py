@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+#: ``../shared/data`` beside the repository (override with EDGEFLEET_SHARED_DATA)
+SHARED_DATA = Path(os.environ.get("EDGEFLEET_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
-__all__ = ["machine", "write_result", "RESULTS"]
+__all__ = ["machine", "write_result", "RESULTS", "SHARED_DATA"]
 
 
 def machine() -> dict[str, Any]:

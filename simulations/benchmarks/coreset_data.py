@@ -28,15 +28,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from fleet.config import parse_config
 from fleet.datasets import load_dataset
 from fleet.models import build_model
-from fleet.reference import cache_dir, save_atomic
+from fleet.reference import cache_dir, pretrain, save_atomic
 from fleet.train import evaluate
-from fleet.config import parse_config
+from simulations.benchmarks.common import SHARED_DATA
 
 __all__ = ["BenchData", "prepare", "load_reference"]
 
-SOURCES = {"mnist14": Path("/work/shared/data/mnist"), "cifar10": Path("/work/shared/data/cifar10-jpeg")}
+SOURCES = {"mnist14": SHARED_DATA / "mnist", "cifar10": SHARED_DATA / "cifar10-jpeg"}
 
 
 @dataclass(frozen=True)
@@ -83,21 +84,6 @@ def _split(y: np.ndarray, n_p: int, n_b: int, rng: np.random.Generator) -> tuple
     return np.sort(np.concatenate(p)), np.sort(np.concatenate(b))
 
 
-def _pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float) -> None:
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(y), generator=gen)
-        for s in range(0, len(y), 64):
-            idx = perm[s:s + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-
-
 def prepare(name: str, n_pretrain: int, n_bench: int, pretrain_epochs: int, lr: float = 0.003) -> BenchData:
     """Write (once) the B npz pair and the reference pretrained on P; returns where they are."""
     tag = f"{name}-p{n_pretrain}-b{n_bench}-e{pretrain_epochs}"
@@ -118,7 +104,7 @@ def prepare(name: str, n_pretrain: int, n_bench: int, pretrain_epochs: int, lr: 
     ds_p = load_dataset("npz", str(pre), name)
     torch.manual_seed(0)
     model = build_model("cnn", ds_p.in_shape, ds_p.num_classes)
-    _pretrain(model, ds_p.x_train, ds_p.y_train, pretrain_epochs, lr)
+    pretrain(model, ds_p.x_train, ds_p.y_train, pretrain_epochs, lr, seed=0)
     ckpt = folder / "reference.safetensors"
     save_atomic(model.state_dict(), ckpt)
     ds_b = load_dataset("npz", str(folder), name)

@@ -34,8 +34,9 @@ from fleet.qcore.continual import ContinualConfig, Deployment, deploy, run_devic
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording, update_core
 from fleet.qcore.quant import to_qcore
 from fleet.qcore.stream import make_stream
+from simulations.benchmarks.common import SHARED_DATA
 
-DATA = Path("/work/shared/data/mnist")
+DATA = SHARED_DATA / "mnist"
 OUT = Path(__file__).parent / "results" / "qcore.json"
 METHODS = ("none", "bfn", "backprop-qcore", "backprop-random")
 BITS = (4, 2)

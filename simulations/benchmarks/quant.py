@@ -44,10 +44,11 @@ from typing import Any
 import torch
 
 from simulations.stats import format_ci, mean_ci95
+from simulations.benchmarks.common import SHARED_DATA
 
 OUT = Path(__file__).parent / "results" / "quant.json"
 QAT_STEP = Path(__file__).parent / "results" / "qat_step.json"
-DATA = "/work/shared/data/mnist"
+DATA = str(SHARED_DATA / "mnist")
 BITS = (8, 4, 2)
 CODECS = ("fp32", "delta-int8", "qweights")
 

@@ -67,6 +67,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fleet.config import ScenarioConfig, parse_config
 from simulations.stats import format_ci, mean_ci95
+from simulations.benchmarks.common import SHARED_DATA
 from strategies.sampling import draw_faults, sample_devices
 
 RESULTS = Path(__file__).resolve().parent / "results" / "strategies.json"
@@ -95,7 +96,7 @@ RUN_ORDER: tuple[str, ...] = ("corrupt-no-guard", "clean", "corrupt+guard")
 #: (load average ~25 when it was set): 2 rounds x 5 devices, 1 local epoch, 500 test images.
 FULL: dict[str, object] = {
     "federation.num-devices": 100, "federation.devices-per-round": 5, "federation.rounds": 2,
-    "data.dataset": "npz", "data.root": "/work/shared/data/mnist", "data.test-limit": 500,
+    "data.dataset": "npz", "data.root": str(SHARED_DATA / "mnist"), "data.test-limit": 500,
     "model.arch": "cnn", "model.pretrain-epochs": 5,
     "quant.weight-bits": 4, "quant.act-bits": 4, "quant.codec": "qweights", "devices.profiles.rpi4": 1.0,
     "coreset.method": "quarc", "coreset.fraction": 0.1, "train.local-epochs": 1, "ray.num-cpus": 1,
