@@ -21,8 +21,10 @@ demo: $(BIN)/fleet
 test: $(BIN)/fleet
 	$(BIN)/python -m pytest tests
 
-bench: $(BIN)/fleet
+bench: $(BIN)/fleet  # the quick benchmarks; the full ones are listed in docs/benchmarks.md
 	$(BIN)/python -m simulations.benchmarks.qat_step
+	$(BIN)/python -m simulations.benchmarks.faults --quick --out bench-results/faults-quick.json
+	$(BIN)/python -m simulations.benchmarks.scale --quick --out bench-results/scale-quick.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
