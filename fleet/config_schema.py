@@ -91,7 +91,7 @@ class DataConfig:
     val_fraction: float = opt(0.2, "share of each device's data kept for on-device evaluation", ge=0, lt=1)
     public_fraction: float = opt(0.1, "share of the training set held out from devices for central pretraining",
                                  ge=0, lt=1)
-    test_limit: int = opt(0, "central test samples used per evaluation (0 = all)", ge=0)
+    test_limit: int = opt(0, "central test samples per evaluation: a fixed random subset (0 = all)", ge=0)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from fleet.config import ScenarioConfig
 from fleet.datasets import Dataset, load_dataset
 from fleet.partition import label_histograms, partition
 
-__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data"]
+__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,16 @@ def device_data(cfg: ScenarioConfig, device: int) -> DeviceData:
     ds = fd.dataset
     tr, va = fd.train[device], fd.val[device]
     return DeviceData(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+
+
+def test_subset(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The central test set, or a fixed random subset of ``limit`` samples (``data.test-limit``).
+
+    A random subset, not the first ``limit`` rows: some files store their test set grouped by class (the
+    CIFAR-10 JPEG copy does), where the first rows would all be one class. The subset is the same for every
+    run and seed, so runs stay comparable.
+    """
+    if not limit or limit >= len(y):
+        return x, y
+    idx = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(y))[:limit]))
+    return x[idx], y[idx]

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.config import ScenarioConfig, parse_config
 from fleet.device import codec_for
-from fleet.fleetdata import fleet_data
+from fleet.fleetdata import fleet_data, test_subset
 from fleet.quant.convert import init_quantizers
 from fleet.reference import reference_model, save_atomic
 from fleet.train import evaluate
@@ -88,9 +88,7 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
         ckpt.restore_rngs()
     # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
     strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
-    x_test, y_test = ds.x_test, ds.y_test
-    if cfg.data.test_limit:
-        x_test, y_test = x_test[: cfg.data.test_limit], y_test[: cfg.data.test_limit]
+    x_test, y_test = test_subset(ds.x_test, ds.y_test, cfg.data.test_limit)
     eval_model = copy.deepcopy(model)
     clock = {"t": time.perf_counter()}
 

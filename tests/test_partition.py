@@ -182,3 +182,22 @@ def test_device_data_rows_match_indices() -> None:
     assert dd.x.shape == (len(fd.train[2]), *fd.dataset.in_shape)
     assert dd.x_val.shape[0] == len(fd.val[2])
     assert np.array_equal(dd.y.numpy(), fd.dataset.y_train.numpy()[fd.train[2]])
+
+
+def test_test_subset_is_class_mixed_and_fixed() -> None:
+    # Prepare: a test set stored grouped by class (as the CIFAR-10 JPEG copy is)
+    import torch
+
+    from fleet.fleetdata import test_subset
+
+    y = torch.arange(10).repeat_interleave(100)  # (1000,) 0..0, 1..1, ...
+    x = torch.arange(1000).float()
+
+    # Execute
+    xs, ys = test_subset(x, y, 100)
+    xs2, _ = test_subset(x, y, 100)
+
+    # Assert: every class is present (the first 100 rows would be class 0 only), and the subset is fixed
+    assert len(ys) == 100 and set(ys.tolist()) == set(range(10))
+    assert torch.equal(xs, xs2)
+    assert test_subset(x, y, 0)[0] is x

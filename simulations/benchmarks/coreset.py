@@ -33,7 +33,7 @@ import torch
 
 from fleet.assembly import trainable_model
 from fleet.config import ScenarioConfig, parse_config
-from fleet.fleetdata import device_data, fleet_data
+from fleet.fleetdata import device_data, fleet_data, test_subset
 from fleet.losses import FeatureTaps, clc_loss, kd_loss
 from fleet.quant.convert import init_quantizers
 from simulations.benchmarks.coreset_data import BenchData, load_reference, prepare
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                 cfg = scenario(data, setting, budget, bits, frac, row, seed, betas[bits])
                 if setting == "single":
                     ds = fleet_data(cfg).dataset
-                    res = asdict(run_single(cfg, ref, ds.x_test[: budget["test"]], ds.y_test[: budget["test"]]))
+                    res = asdict(run_single(cfg, ref, *test_subset(ds.x_test, ds.y_test, budget["test"])))
                 else:
                     out_dir = Path(tempfile.gettempdir()) / f"bench-coreset-run-{os.getpid()}"
                     res = asdict(run_fed(cfg, out_dir))
