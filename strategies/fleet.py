@@ -99,6 +99,8 @@ class FleetStrategy(Strategy):
             dev = int(reply.content[P.REPORT]["device"])
             self.roster[reply.metadata.src_node_id] = dev
             self.nodes[dev] = reply.metadata.src_node_id
+        if not self.nodes:
+            raise RuntimeError(f"no device answered the roster query within {timeout:g} s; nothing can be sampled")
         missing = self.cfg.federation.num_devices - len(self.nodes)
         if missing:
             log(WARNING, "roster: %d devices did not answer and will never be sampled", missing)
