@@ -131,7 +131,7 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
 
     # The virtual clock: predict the round before training, so a straggler spends no real compute.
     codec = codec_for(cfg)
-    qinfo = model_quant_info(model) if quantized else _global_qinfo(cfg, ins.ref_hash, reference)
+    qinfo = _qinfo(cfg, ins.ref_hash, reference, ins.weight_bits, ins.act_bits)
     up_bytes = _upload_nbytes(cfg, ins.ref_hash, reference, ins.weight_bits, ins.act_bits, global_arrays)
     flops = _flops(cfg.model.arch, ds.in_shape, ds.num_classes)
     train_n = len(y) * cfg.train.local_epochs
@@ -183,11 +183,14 @@ def _template(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module, wb: int,
     return _TEMPLATES[key]
 
 
-def _global_qinfo(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module):  # noqa: ANN202
-    """The global model's QuantInfo (a float device encoding for the qweights codec uses the global grid)."""
-    if not is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits):
-        return None
-    return model_quant_info(_template(cfg, ref_hash, reference, cfg.quant.weight_bits, cfg.quant.act_bits))
+def _qinfo(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module, wb: int, ab: int):  # noqa: ANN202
+    """Which weights a device at this width quantizes (read off the width's template: every copy is alike).
+    A float device encodes on the global model's grid (what the qweights codec needs); None if that is float too."""
+    if not is_quantized(wb, ab):
+        wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
+        if not is_quantized(wb, ab):
+            return None
+    return model_quant_info(_template(cfg, ref_hash, reference, wb, ab))
 
 
 _PEAK_MB: dict[tuple, float] = {}
@@ -214,7 +217,7 @@ def _upload_nbytes(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module, wb:
     key = (cfg, ref_hash, wb, ab)
     if key not in _UPLOAD_NBYTES:
         model = _template(cfg, ref_hash, reference, wb, ab)
-        qinfo = model_quant_info(model) if is_quantized(wb, ab) else _global_qinfo(cfg, ref_hash, reference)
+        qinfo = _qinfo(cfg, ref_hash, reference, wb, ab)
         base = _upload_state(model, global_arrays)
         _UPLOAD_NBYTES[key] = payload_nbytes(codec_for(cfg).encode(base, base, np.random.default_rng(0), qinfo))
     return _UPLOAD_NBYTES[key]

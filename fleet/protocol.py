@@ -21,14 +21,13 @@ METRICS = "metrics"
 REPORT = "report"
 REFERENCE = "reference"
 STATE_ARRAYS = "edgefleet-state"
-STATE_META = "edgefleet-meta"
 WEIGHT_KEY = "num-examples"
 MISSING = -1.0
 
 STATUSES = ("ok", "straggler", "oom", "offline", "failed", "rejected")
 
 __all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
-           "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "STATE_META"]
+           "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS"]
 
 
 def _kebab(name: str) -> str:

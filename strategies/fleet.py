@@ -73,6 +73,7 @@ class FleetStrategy(Strategy):
                  reference: dict[str, np.ndarray], ref_hash: str) -> None:
         self.inner, self.cfg, self.codec, self.qinfo = inner, cfg, codec, qinfo
         self.reference = ArrayRecord({k: Array(v) for k, v in reference.items()})
+        self.reference_bytes = self.reference.count_bytes()
         self.ref_hash = ref_hash
         self.profiles = device_profiles(cfg)
         self.catalogue = catalogue(cfg)
@@ -140,7 +141,7 @@ class FleetStrategy(Strategy):
             down = model_bytes
             if not self.has_reference[dev]:
                 content[P.REFERENCE] = self.reference
-                down += self.reference.count_bytes()
+                down += self.reference_bytes
                 self.has_reference[dev] = True  # counted once: the device keeps it
             self.last.downlink_bytes += down
             pending = P.DeviceReport(device=int(dev), profile=self.profiles[dev], bits=w, downlink_bytes=down,
