@@ -137,10 +137,13 @@ class RunDir:
 
     def record_round(self, rl: RoundLog, accuracy: float, loss: float, wall_s: float) -> dict[str, Any]:
         """Append the round's device lines, then its round line (the round line marks it complete)."""
-        rows = [dict(r.as_row(), round=rl.server_round) for r in sorted(rl.reports, key=lambda r: r.device)]
+        # Reports arrive in completion order; every float reduction below runs in device order so that a
+        # resumed or repeated run writes bit-identical lines.
+        reports = sorted(rl.reports, key=lambda r: r.device)
+        rows = [dict(r.as_row(), round=rl.server_round) for r in reports]
         self.append("devices.jsonl", rows)
-        counts = Counter(r.status for r in rl.reports)
-        accs = [r.accuracy for r in rl.reports if r.status == "ok" and r.accuracy >= 0]
+        counts = Counter(r.status for r in reports)
+        accs = [r.accuracy for r in reports if r.status == "ok" and r.accuracy >= 0]
         row = {
             "round": rl.server_round, "accuracy": _finite(accuracy), "loss": _finite(loss),
             "devices_sampled": rl.sampled, "devices_completed": counts["ok"], "devices_failed": counts["failed"],
@@ -155,7 +158,7 @@ class RunDir:
         self.totals.update({"uplink_bytes": rl.uplink_bytes, "downlink_bytes": rl.downlink_bytes,
                             "completed": counts["ok"], "failed": counts["failed"] + counts["rejected"],
                             "dropped": row["devices_dropped"]})
-        self.energy_j += sum(r.energy_j for r in rl.reports)
+        self.energy_j += sum(r.energy_j for r in reports)
         self.sim_time_s += rl.sim_time_s
         self.rounds_completed = rl.server_round
         self.last_accuracy = _finite(accuracy)
