@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 from torch import nn
 
 from fleet import protocol as P
+from fleet.arrays import record_from_numpy, record_to_numpy
+from fleet.assembly import needs_reference
 from fleet.config import ScenarioConfig, parse_config
 from fleet.device import run_device_round
 from fleet.devicestate import load_device_state, save_device_state
@@ -64,7 +66,7 @@ def _reference(cfg: ScenarioConfig, ref_hash: str, content: RecordDict) -> nn.Mo
         return _REFERENCES[ref_hash]
     path = Path(cache_dir(cfg)) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
     if P.REFERENCE in content:
-        state = {k: torch.from_numpy(np.array(v.numpy())) for k, v in content[P.REFERENCE].items()}
+        state = {k: torch.from_numpy(v) for k, v in record_to_numpy(content[P.REFERENCE]).items()}
         if state_hash(state) != ref_hash:
             raise ValueError("reference arrays do not match their hash")
         if not path.is_file():
@@ -84,7 +86,7 @@ def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndar
         return load_device_state(ins.state_dir, ins.device, ins.server_round)
     if P.STATE_ARRAYS not in context.state:
         return {}
-    return {k: np.array(v.numpy()) for k, v in context.state[P.STATE_ARRAYS].items()}
+    return record_to_numpy(context.state[P.STATE_ARRAYS])
 
 
 def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
@@ -92,18 +94,19 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     own = int(context.node_config.get("partition-id", ins.device))
     if own != ins.device:
         raise ValueError(f"instruction for device {ins.device} reached device {own}")
-    global_arrays = {k: np.array(v.numpy()) for k, v in msg.content[P.ARRAYS].items()}
+    global_arrays = record_to_numpy(msg.content[P.ARRAYS])
     downlink = msg.content[P.ARRAYS].count_bytes()
     if P.REFERENCE in msg.content:
         downlink += msg.content[P.REFERENCE].count_bytes()
-    reference = _reference(cfg, ins.ref_hash, msg.content)
+    reference = (_reference(cfg, ins.ref_hash, msg.content)
+                 if needs_reference(cfg, ins.weight_bits, ins.act_bits) else None)
     out = run_device_round(cfg, ins, global_arrays, reference, _load_state(context, ins), downlink)
     if ins.state_dir:
         save_device_state(ins.state_dir, ins.device, ins.server_round, out.state)
     else:
-        context.state[P.STATE_ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.state.items()})
+        context.state[P.STATE_ARRAYS] = record_from_numpy(out.state)
     metrics, report = out.report.to_records()
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.payload.items()})
+    arrays = record_from_numpy(out.payload)
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics, P.REPORT: report}), reply_to=msg)
 
 
@@ -120,7 +123,7 @@ def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
         raise ValueError(f"stream for device {device} reached device {pid}")
 
     def tensors(key: str) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(np.array(v.numpy())) for k, v in msg.content[key].items()}
+        return {k: torch.from_numpy(v) for k, v in record_to_numpy(msg.content[key]).items()}
 
     core = tensors("core")
     rows = run_stream_device(cfg, device, str(msg.content[P.CONFIG]["profile"]), tensors(P.ARRAYS),

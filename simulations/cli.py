@@ -10,7 +10,6 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from fleet.config import ConfigError

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.config import ScenarioConfig, parse_config
 from fleet.device import codec_for
@@ -93,7 +94,7 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     clock = {"t": time.perf_counter()}
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        global_arrays = {k: np.array(v.numpy()) for k, v in arrays.items()}
+        global_arrays = record_to_numpy(arrays)
         load_arrays(eval_model, global_arrays)
         acc, loss = evaluate(eval_model, x_test, y_test)
         if server_round > 0 and strategy.last is not None:
@@ -111,11 +112,11 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     remaining = cfg.federation.rounds - strategy.round_offset
     final_arrays = initial
     if remaining > 0:
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in initial.items()}),
+        result = strategy.start(grid=grid, initial_arrays=record_from_numpy(initial),
                                 num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
                                 evaluate_fn=evaluate_fn)
         if result.arrays is not None and len(result.arrays):
-            final_arrays = {k: np.array(v.numpy()) for k, v in result.arrays.items()}
+            final_arrays = record_to_numpy(result.arrays)
     load_arrays(eval_model, final_arrays)
     save_atomic(eval_model.state_dict(), run_dir / "model.safetensors")
     if cfg.train.qgt_lambda > 0 or quantized:

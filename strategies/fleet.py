@@ -21,12 +21,14 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fleet import protocol as P
+from fleet.arrays import record_from_numpy, record_to_numpy
+from fleet.assembly import needs_reference
 from fleet.codecs import Codec
 from fleet.config import ScenarioConfig
 from fleet.hardware import availability_model, catalogue, device_profiles
@@ -72,7 +74,7 @@ class FleetStrategy(Strategy):
     def __init__(self, inner: Strategy, cfg: ScenarioConfig, codec: Codec, qinfo: Any,
                  reference: dict[str, np.ndarray], ref_hash: str) -> None:
         self.inner, self.cfg, self.codec, self.qinfo = inner, cfg, codec, qinfo
-        self.reference = ArrayRecord({k: Array(v) for k, v in reference.items()})
+        self.reference = record_from_numpy(reference)
         self.reference_bytes = self.reference.count_bytes()
         self.ref_hash = ref_hash
         self.profiles = device_profiles(cfg)
@@ -119,7 +121,7 @@ class FleetStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         rnd = server_round + self.round_offset
-        self.current = {k: np.array(v.numpy()) for k, v in arrays.items()}
+        self.current = record_to_numpy(arrays)
         extra = self._inner_config(server_round, arrays, config, grid)
         online = self.availability.online(rnd)
         online &= np.isin(np.arange(len(online)), list(self.nodes))
@@ -139,7 +141,7 @@ class FleetStrategy(Strategy):
                 proximal_mu=float(extra.get("proximal-mu", 0.0)), state_dir=self.state_dir)
             content = RecordDict({P.ARRAYS: arrays, P.CONFIG: ins.to_record()})
             down = model_bytes
-            if not self.has_reference[dev]:
+            if not self.has_reference[dev] and needs_reference(self.cfg, w, a):
                 content[P.REFERENCE] = self.reference
                 down += self.reference_bytes
                 self.has_reference[dev] = True  # counted once: the device keeps it
@@ -187,7 +189,7 @@ class FleetStrategy(Strategy):
             if rep.status != "ok":
                 continue
             log_.uplink_bytes += rep.uplink_bytes
-            payload = {k: np.array(v.numpy()) for k, v in msg.content[P.ARRAYS].items()}
+            payload = record_to_numpy(msg.content[P.ARRAYS])
             try:
                 decoded[rep.device] = self._decode(payload, rep.bits)
             except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update
@@ -260,7 +262,7 @@ class FleetStrategy(Strategy):
 
 def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Message:
     content = RecordDict({
-        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+        "arrays": record_from_numpy({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
         "metrics": MetricRecord({P.WEIGHT_KEY: float(rep.weight), "bits": int(rep.bits), "device": int(rep.device)}),
     })
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)

@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from fleet.config import defaults, flatten, parse_config
 from fleet.profiles import PROFILES
