@@ -89,6 +89,10 @@ def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndar
     return record_to_numpy(context.state[P.STATE_ARRAYS])
 
 
+def _same_state(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
     ins = P.DeviceInstruction.from_record(msg.content[P.CONFIG])
     own = int(context.node_config.get("partition-id", ins.device))
@@ -100,9 +104,11 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
         downlink += msg.content[P.REFERENCE].count_bytes()
     reference = (_reference(cfg, ins.ref_hash, msg.content)
                  if needs_reference(cfg, ins.weight_bits, ins.act_bits) else None)
-    out = run_device_round(cfg, ins, global_arrays, reference, _load_state(context, ins), downlink)
+    state = _load_state(context, ins)
+    out = run_device_round(cfg, ins, global_arrays, reference, state, downlink)
     if ins.state_dir:
-        save_device_state(ins.state_dir, ins.device, ins.server_round, out.state)
+        if not _same_state(out.state, state):  # a round that reused its coreset has nothing new to store
+            save_device_state(ins.state_dir, ins.device, ins.server_round, out.state)
     else:
         context.state[P.STATE_ARRAYS] = record_from_numpy(out.state)
     metrics, report = out.report.to_records()

@@ -13,7 +13,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,12 +52,21 @@ def kill_process_tree(grace_s: float = 3.0) -> None:
 def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
     """Make Ctrl-C (SIGINT) and SIGTERM stop a run cleanly and at once.
 
-    A terminal's Ctrl-C reaches Ray's own processes too, after which Flower's engine can wait
-    forever on actors that are gone. So the handler does not unwind through the engine: it runs
-    ``on_interrupt`` (mark the run as interrupted; finished rounds and checkpoints are already on
+    A terminal's Ctrl-C goes to the whole process group. If Ray's raylet gets it, it dies, and Ray's
+    core worker may end this process (exit 1) before a Python handler runs, leaving the run marked
+    "running". So, where the platform allows, SIGINT is blocked in this (main) thread while the run
+    lasts: the threads and processes it starts meanwhile (Ray's daemons and, through them, its
+    workers) inherit the block and never see a Ctrl-C. Whichever thread the signal reaches, Python's
+    C-level handler writes it to a wake-up socket that a watcher thread (started before the block)
+    reads, so the stop does not wait for the main thread, which may be blocked inside Flower. The stop
+    runs ``on_interrupt`` (mark the run as interrupted; finished rounds and checkpoints are already on
     disk), kills the whole process tree, and exits with 130.
     """
-    def handler(signum: int, _frame: object) -> None:
+    once = threading.Lock()
+
+    def stop() -> None:
+        if not once.acquire(blocking=False):
+            return  # another thread is already stopping the process
         try:
             on_interrupt()
         finally:
@@ -64,10 +75,41 @@ def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
             sys.stderr.flush()
             os._exit(130)
 
+    def handler(signum: int, _frame: object) -> None:
+        stop()
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if not (hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()):
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+        return
+    rsock, wsock = socket.socketpair()
+    wsock.setblocking(False)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            data = rsock.recv(64)
+            if not done.is_set() and (signal.SIGINT in data or signal.SIGTERM in data):
+                stop()
+
+    watcher = threading.Thread(target=watch, name="edgefleet-interrupt", daemon=True)
+    watcher.start()  # before the block: the watcher can still receive SIGINT
+    old_wakeup = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
+        done.set()
+        signal.set_wakeup_fd(old_wakeup)
+        wsock.send(b"\0")  # wake the watcher so it sees `done`
+        watcher.join(timeout=5)
+        rsock.close()
+        wsock.close()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for sig, h in previous.items():
             signal.signal(sig, h)
 
