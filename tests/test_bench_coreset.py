@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.benchmarks.coreset import ROWS, _cells, main, summarise
+from simulations.benchmarks.coreset import ROWS, _cells, _run_budget, main, markdown_table, summarise
 from simulations.benchmarks.coreset_fed import selection_share
 
 
@@ -40,6 +40,29 @@ def test_summarise_pools_seeds_per_cell() -> None:
     assert s["n"] == 2 and s["accuracy_mean"] == pytest.approx(0.6)
     assert s["accuracy_ci95"] == pytest.approx(1.2706, abs=1e-3)
     assert s["selection_share_mean"] == pytest.approx(0.5)
+
+
+def test_markdown_table_puts_full_on_the_first_fraction_line_only() -> None:
+    # Prepare: one seed-pooled cell per row shown
+    cell = {"n": 5, "accuracy_mean": 0.5, "accuracy_ci95": 0.02}
+    summary = {"fed/x|W2A2|0.01|quarc": cell, "fed/x|W2A2|0.1|quarc": {**cell, "accuracy_mean": 0.6},
+               "fed/x|W2A2|1|full": {**cell, "accuracy_mean": 0.9}}
+
+    # Execute
+    lines = markdown_table(summary, ["fed/x"]).splitlines()
+
+    # Assert: only the rows that ran are columns; full appears once
+    assert lines[0] == "| setting | bits | quarc | full |"
+    assert lines[2] == "| fed/x 1% | W2A2 | 50.0 ± 2.0 | 90.0 ± 2.0 |"
+    assert lines[3] == "| fed/x 10% | W2A2 | 60.0 ± 2.0 |  |"
+
+
+def test_resume_ignores_budget_keys_that_only_choose_cells() -> None:
+    # Execute / Assert: more rows or seeds keep finished runs; a different epoch count does not
+    base = {"epochs": 4, "reselect": 2, "test": 1000}
+    assert _run_budget({**base, "rows": ["random"], "seeds": 3}) == _run_budget({**base, "seeds": 5})
+    assert _run_budget({**base, "epochs": 5}) != _run_budget(base)
+    assert _run_budget(None) is None
 
 
 @pytest.mark.slow

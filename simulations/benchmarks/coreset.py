@@ -203,6 +203,23 @@ def print_table(summary: dict[str, dict[str, Any]], settings: list[str]) -> None
                     print(f"W{bits}A{bits} {row:<15} " + " | ".join(parts))
 
 
+def markdown_table(summary: dict[str, dict[str, Any]], settings: list[str]) -> str:
+    """The docs' table: one line per (setting, fraction, bits), one column per row; mean ± 95% CI in %."""
+    rows = [r for r in ROWS if any(k.endswith("|" + r) for k in summary)]
+    lines = ["| setting | bits | " + " | ".join(rows) + " |", "|---" * (len(rows) + 2) + "|"]
+    for sd in settings:
+        for bits in BITS:
+            for frac in FRACTIONS:
+                cells = []
+                for r in rows:
+                    s = summary.get(_key(sd, bits, 1.0 if r == "full" else frac, r))
+                    show = s is not None and not (r == "full" and frac != FRACTIONS[0])
+                    cells.append(format_ci(s["accuracy_mean"], s["accuracy_ci95"], 100, 1) if show else "")
+                if any(cells):
+                    lines.append(f"| {sd} {frac:.0%} | W{bits}A{bits} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """Combine the records of several ``--only`` invocations (disjoint settings) into one file."""
     record: dict[str, Any] = {"benchmark": "coreset", "quick": False, "runs": {}, "budgets": {}, "data": {},
@@ -217,6 +234,7 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=float) + "\n")
     print_table(record["summary"], list(record["budgets"]))
+    print("\n" + markdown_table(record["summary"], list(record["budgets"])))
     print(f"\nprobe (start of training, seed 0): {json.dumps(record['probe'])}")
     print(f"wrote {out}")
     return record
