@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         betas = {}
         for bits in budget.get("bits", BITS):
             probe = probe_beta(data, bits, budget)
-            record["probe"][f"{name}|W{bits}A{bits}"] = probe
+            record["probe"][f"{sd}|W{bits}A{bits}"] = probe
             betas[bits] = probe["beta"]
         ref = load_reference(data)
         seeds = args.seeds or budget["seeds"]
