@@ -78,4 +78,4 @@ def test_quick_run_writes_json(tmp_path: Path) -> None:
     assert rec["quick"] is True and rec["machine"]["cores"] >= 1 and rec["machine"]["git_commit"]
     assert any(k.startswith("fed/") for k in rec["runs"]) and any(k.startswith("single/") for k in rec["runs"])
     assert all(math.isfinite(r["accuracy"]) for r in rec["runs"].values())
-    assert set(rec["probe"]) == {"mnist14|W2A2", "mnist14|W4A4"}
+    assert set(rec["probe"]) == {"single/mnist14|W2A2", "single/mnist14|W4A4", "fed/mnist14|W4A4"}  # per setting
