@@ -51,7 +51,7 @@ def _header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes | None:
             try:
                 np.lib.format.write_array_header_1_0(
                     buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-                header = _V1_MAGIC + buf.getvalue()[len(_V1_MAGIC):]
+                header = buf.getvalue()
             except ValueError:  # header too long for version 1.0: numpy would write 2.0
                 header = None
         if len(_HEADERS) > 4096:
@@ -67,13 +67,10 @@ def to_array(a: np.ndarray) -> Array:
     header = _header(a.dtype, a.shape)
     if header is None:
         return Array(a)
-    return Array(dtype=_NAMES.get(a.dtype) or _name(a.dtype), shape=a.shape, stype=_NPY_STYPE,
-                 data=header + a.tobytes())
-
-
-def _name(dtype: np.dtype) -> str:
-    _NAMES[dtype] = str(dtype)
-    return _NAMES[dtype]
+    name = _NAMES.get(a.dtype)
+    if name is None:
+        name = _NAMES[a.dtype] = str(a.dtype)
+    return Array(dtype=name, shape=a.shape, stype=_NPY_STYPE, data=header + a.tobytes())
 
 
 def to_numpy(arr: Array, copy: bool = True) -> np.ndarray:

@@ -204,9 +204,8 @@ def _working_model(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module | No
     if key not in _WORKING:
         if len(_WORKING) > 8:
             _WORKING.clear()
-        template = _template(cfg, ref_hash, reference, wb, ab)
-        _WORKING[key] = (copy.deepcopy(template),
-                         {k: v.detach().clone() for k, v in template.state_dict().items()}, template.training)
+        template = _template(cfg, ref_hash, reference, wb, ab)  # read-only: its state is the reset point
+        _WORKING[key] = (copy.deepcopy(template), template.state_dict(), template.training)
     model, pristine, training = _WORKING[key]
     model.train(training)
     with torch.no_grad():
@@ -217,6 +216,9 @@ def _working_model(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module | No
     return model
 
 
+_QINFO: dict[tuple, object] = {}
+
+
 def _qinfo(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module | None, wb: int, ab: int):  # noqa: ANN202
     """Which weights a device at this width quantizes (read off the width's template: every copy is alike).
     A float device encodes on the global model's grid (what the qweights codec needs); None if that is float too."""
@@ -224,7 +226,10 @@ def _qinfo(cfg: ScenarioConfig, ref_hash: str, reference: nn.Module | None, wb: 
         wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
         if not is_quantized(wb, ab):
             return None
-    return model_quant_info(_template(cfg, ref_hash, reference, wb, ab))
+    key = (cfg, ref_hash, wb, ab)
+    if key not in _QINFO:
+        _QINFO[key] = model_quant_info(_template(cfg, ref_hash, reference, wb, ab))
+    return _QINFO[key]
 
 
 _PEAK_MB: dict[tuple, float] = {}

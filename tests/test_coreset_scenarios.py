@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from whole_run import assert_one_line_error
 
 from fleet.config import ConfigError
 from simulations.cli import main
@@ -51,14 +52,8 @@ def test_quarc_with_clc_passes_preflight() -> None:
 
 @pytest.mark.parametrize(("overrides", "key", "fragment"), BAD_PARSE, ids=PARSE_IDS)
 def test_load_config_names_the_key(overrides: list[str], key: str, fragment: str) -> None:
-    # Execute
-    with pytest.raises(ConfigError) as info:
-        load_config(SCENARIO, overrides)
-
-    # Assert: one line, starting with the key
-    msg = str(info.value)
-    assert info.value.key == key
-    assert msg.startswith(f"{key}: ") and fragment in msg and "\n" not in msg, msg
+    # Execute / Assert: one line, starting with the key
+    assert_one_line_error(SCENARIO, overrides, key, fragment)
 
 
 def test_preflight_names_clc_layers() -> None:

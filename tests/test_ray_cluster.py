@@ -8,7 +8,6 @@ including other runs on the same machine.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from whole_run import run_flat
 
-from fleet.config import parse_config
-from simulations.runner import preflight, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -84,18 +82,13 @@ def test_run_joins_an_existing_cluster(ray_head: tuple[str, Path], tmp_path: Pat
     # Prepare: 4 digits devices, 2 rounds, attached to the head through ray.address
     address, temp_dir = ray_head
     monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({"federation.num-devices": 4, "federation.devices-per-round": 2, "federation.rounds": 2,
-                        "data.dataset": "digits", "model.arch": "mlp", "model.pretrain-epochs": 2,
-                        "ray.address": address}, name="ray-cluster")
-    preflight(cfg)
-    out = tmp_path / "run"
-    out.mkdir()
+    flat = {"federation.num-devices": 4, "federation.devices-per-round": 2, "federation.rounds": 2,
+            "data.dataset": "digits", "model.arch": "mlp", "model.pretrain-epochs": 2, "ray.address": address}
 
     # Execute
-    summary = run_config(cfg, out)
+    summary, rounds, _ = run_flat(flat, tmp_path / "run", "ray-cluster")
 
     # Assert: the run completed both rounds with every sampled device
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
     assert [r["devices_completed"] for r in rounds] == [2, 2]
     # ... and it ran on the head: this process's driver log is in the head's session, not a new local one

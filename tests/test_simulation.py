@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from whole_run import run_flat
 
-from fleet.config import parse_config
-from simulations.runner import preflight, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +18,7 @@ BASE = {
 
 
 def _run(tmp_path: Path, name: str, **over: object) -> tuple[dict, list[dict], list[dict]]:
-    cfg = parse_config({**BASE, **over}, name=name)
-    preflight(cfg)
-    out = tmp_path / name
-    out.mkdir()
-    summary = run_config(cfg, out)
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    devices = [json.loads(line) for line in (out / "devices.jsonl").read_text().splitlines()]
-    return summary, rounds, devices
+    return run_flat({**BASE, **over}, tmp_path / name, name)
 
 
 def test_float_fedavg_is_complete_and_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,16 +7,16 @@ runs the example user strategy (``examples/custom_strategy``) on a real, tiny fl
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+from whole_run import run_flat
 from flwr.serverapp.strategy import FedAvg
 
-from fleet.config import ConfigError, parse_config
+from fleet.config import ConfigError
 from simulations.cli import main
-from simulations.runner import load_config, preflight, run_config
+from simulations.runner import load_config, preflight
 from strategies.loader import load_strategy
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "custom_strategy"
@@ -116,21 +116,17 @@ def test_example_strategy_runs_a_real_fleet(tmp_path: Path, monkeypatch: pytest.
     old = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", str(EXAMPLE_DIR) + (os.pathsep + old if old else ""))
     monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path / "cache"))
-    cfg = parse_config({
+    flat = {
         "federation.num-devices": 4, "federation.devices-per-round": 3, "federation.rounds": 2,
         "federation.seed": 1, "data.dataset": "digits", "model.arch": "mlp", "model.pretrain-epochs": 3,
         "train.batch-size": 16, "ray.num-cpus": 1,
         "strategy.name": CLIPPED, "strategy.options.radius": 0.05,
-    }, name="clipped")
-    preflight(cfg)
-    out = tmp_path / "run"
-    out.mkdir()
+    }
 
     # Execute
-    summary = run_config(cfg, out)
+    summary, rounds, _ = run_flat(flat, tmp_path / "run", "clipped")
 
     # Assert: both rounds ran with the user strategy and accepted every update
-    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
     assert summary["strategy"] == CLIPPED
     assert [r["devices_completed"] for r in rounds] == [3, 3]
