@@ -30,18 +30,14 @@ log = logging.getLogger(__name__)
 __all__ = ["backend_config", "simulate", "shutdown_ray", "kill_process_tree", "interrupt_guard"]
 
 
-def kill_process_tree(grace_s: float = 3.0) -> None:
-    """Terminate every descendant of this process (Ray's GCS, raylet and workers), then kill stragglers."""
+def kill_process_tree() -> None:
+    """SIGKILL every descendant of this process (Ray's GCS, raylet, agents and workers), at once.
+
+    No grace period on purpose: the caller exits right after, and while it waited, Ray's core worker
+    in this process could notice its raylet dying and end the process itself with exit code 1."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
-    for c in children:
-        try:
-            c.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for c in alive:
+    for c in psutil.Process().children(recursive=True):
         try:
             c.kill()
         except psutil.NoSuchProcess:
@@ -60,7 +56,7 @@ def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
     C-level handler writes it to a wake-up socket that a watcher thread (started before the block)
     reads, so the stop does not wait for the main thread, which may be blocked inside Flower. The stop
     runs ``on_interrupt`` (mark the run as interrupted; finished rounds and checkpoints are already on
-    disk), kills the whole process tree, and exits with 130.
+    disk), kills the whole process tree and exits with 130 at once.
     """
     once = threading.Lock()
 
@@ -70,9 +66,9 @@ def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
         try:
             on_interrupt()
         finally:
-            kill_process_tree()
             sys.stderr.write("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`\n")
             sys.stderr.flush()
+            kill_process_tree()
             os._exit(130)
 
     def handler(signum: int, _frame: object) -> None:
