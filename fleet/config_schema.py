@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.lr_schedule import LR_SCHEDULES, LR_SCOPES
+
 BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 
 
@@ -74,6 +76,9 @@ class FederationConfig:
     rounds: int = opt(5, "federated rounds", ge=1)
     seed: int = opt(0, "seed of every random choice in the run", ge=0)
     round_timeout_s: float = opt(600.0, "wall seconds the server waits for a round's replies", gt=0)
+    eval_every: int = opt(1, "central and on-device evaluation every N rounds (the last round always)", ge=1)
+    device_eval_limit: int = opt(0, "on-device evaluation samples: a fixed random subset of the device's "
+                                 "held-out split (0 = all)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,14 @@ class ModelConfig:
     arch: str = opt("mlp", "architecture", choices=("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v2"))
     checkpoint: str = opt("", "float reference checkpoint (safetensors); empty = pretrain centrally")
     pretrain_epochs: int = opt(20, "epochs of central pretraining on the public split", ge=0)
-    pretrain_lr: float = opt(0.003, "Adam learning rate of central pretraining", gt=0)
+    pretrain_lr: float = opt(0.003, "learning rate of central pretraining (peak rate for sgd's one-cycle)", gt=0)
+    pretrain_data: str = opt("public", "what the float reference is trained on: the public split, or the whole "
+                             "training set ('train', the papers' protocol for one device)", choices=("public", "train"))
+    pretrain_optimizer: str = opt("adam", "pretraining optimizer: adam with cosine decay, or sgd (Nesterov 0.9, "
+                                  "weight decay 5e-4) with a one-cycle schedule", choices=("adam", "sgd"))
+    pretrain_batch_size: int = opt(64, "pretraining batch size", ge=1)
+    pretrain_augment: str = opt("auto", "pretraining augmentation: 'auto' = random crop (pad 4) and horizontal "
+                                "flip for 32x32 colour images, none otherwise", choices=("auto", "none", "flip-crop"))
     cache_dir: str = opt("", "cache for pretrained references (default: ~/.cache/edgefleet)")
 
 
@@ -108,7 +120,9 @@ class QuantConfig:
     weight_bits: int = opt(32, "weight bits (32 = float)", choices=BITS)
     act_bits: int = opt(32, "activation bits (32 = float)", choices=BITS)
     per_channel: bool = opt(False, "per-output-channel weight step sizes")
-    act_signed: bool = opt(True, "signed activation range, as ACS's code")
+    act_signed: Any = opt("auto", "activation range: 'auto' = unsigned [0, 2^b-1] after ReLU/ReLU6, signed "
+                          "elsewhere (docs/quantization.md); true = signed everywhere, as ACS's code; false = unsigned",
+                          choices=("auto", True, False), kind=(str, bool))
     weights_only: bool = opt(False, "quantize weights only (as the papers do for MobileNetV2)")
     keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
                        "classifier, downsample convs; 'none')")
@@ -137,6 +151,11 @@ class TrainConfig:
     lr: float = opt(0.005, "local learning rate", gt=0)
     batch_size: int = opt(32, "local batch size", ge=1)
     optimizer: str = opt("adam", "local optimizer", choices=("sgd", "adam"))
+    lr_schedule: str = opt("cosine", "learning-rate schedule of a training job", choices=LR_SCHEDULES)
+    lr_scope: str = opt("run", "what one schedule covers: 'run' = all rounds (the server sends each round its "
+                        "share of the run), 'round' = each round's local training", choices=LR_SCOPES)
+    optimizer_state: str = opt("round", "optimizer state: 'round' = fresh each round (FedAvg), 'device' = "
+                               "kept on the device between its rounds", choices=("round", "device"))
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(0.0, "weight decay on conv/linear weights", ge=0)
     kd: bool = opt(True, "distil from the float reference when the model is quantized (soft CE, T = 1)")

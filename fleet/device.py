@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
 from fleet.costs import RoundCost, apply_deadline, device_round_cost, model_flops
-from fleet.fleetdata import device_data, fleet_data
+from fleet.fleetdata import device_data, eval_subset, fleet_data
 from fleet.memory import estimate_peak_memory, fit_batch_size
 from fleet.models import block_names, build_model
 from fleet.hardware import resolve_profile
 from fleet.protocol import DeviceInstruction, DeviceReport
-from fleet.train import evaluate, train_local
+from fleet.train import OPT_PREFIX, Schedule, evaluate, train_local
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DeviceRound", "run_device_round", "clc_layer_names", "codec_for"]
 
@@ -93,8 +96,9 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
         load_arrays(model, global_arrays)
     else:
         _load_other_width(model, global_arrays, data.x[:256])
-    if len(data.y_val):
-        rep.accuracy, _ = evaluate(model, data.x_val, data.y_val)
+    if len(data.y_val) and ins.evaluate:
+        keep = eval_subset(len(data.y_val), cfg.federation.device_eval_limit, cfg.federation.seed, ins.device)
+        rep.accuracy, _ = evaluate(model, data.x_val[keep], data.y_val[keep])
 
     # Memory: estimate the round's peak; over budget the device fails or shrinks its batch.
     batch = ins.batch_size or cfg.train.batch_size
@@ -116,6 +120,8 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
     # Coreset: scored with the current (received) model and the frozen reference, reused between re-selections.
     new_state = dict(state)
     x, y = data.x, data.y
+    sel = None
+    selector = None
     if method != "full":
         ctx = SelectionContext(qmodel=model, fpmodel=reference, epoch=ins.server_round - 1,
                                total_epochs=cfg.federation.rounds, rng=_rng(cfg, ins, 2),
@@ -129,6 +135,9 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
         sel = torch.from_numpy(res.indices)
         x, y = x[sel], y[sel]
     rep.coreset_size = len(y)
+    rep.coreset_fraction = len(y) / max(len(data.y), 1)
+    if method != "full":
+        _note_small_device(ins.device, len(data.y), cfg.coreset.fraction)
     rep.weight = float(len(y) if cfg.strategy.weight_by == "coreset" else len(data.y))
 
     # The virtual clock: predict the round before training, so a straggler spends no real compute.
@@ -151,9 +160,18 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
         max_steps = max(1, int(work * steps))
 
     clc = clc_layer_names(cfg, model) if cfg.train.clc_beta != 0.0 else None
+    schedule = Schedule(ins.lr or cfg.train.lr, cfg.train.lr_schedule, (ins.lr_window_start, ins.lr_window_end))
+    keep_opt = cfg.train.optimizer_state == "device"
+    records = _Observer(selector, sel, new_state) if method == "forgetting" else None
     result = train_local(model, x, y, cfg.train, gen=gen, teacher=teacher, clc_layers=clc,
                          qgt_bits=ins.weight_bits, prox_mu=ins.proximal_mu, batch_size=batch,
-                         max_steps=max_steps)
+                         max_steps=max_steps, schedule=schedule,
+                         opt_state={k: v for k, v in state.items() if k.startswith(OPT_PREFIX)} if keep_opt else None,
+                         on_batch=records)
+    if records is not None:
+        new_state = records.state
+    if result.opt_state is not None:
+        new_state.update(result.opt_state)
     rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
     if clc:
         rep.extra = {"kd-clc-ratio": result.kd_clc_ratio, "clc-beta": result.beta}
@@ -278,6 +296,28 @@ def _upload_state(model: nn.Module, global_arrays: dict[str, np.ndarray]) -> dic
     such as a step size of a float device, is sent back unchanged)."""
     local = state_arrays(model)
     return {k: local.get(k, global_arrays[k]) for k in global_arrays}
+
+
+_SMALL_LOGGED: set[int] = set()
+
+
+def _note_small_device(device: int, n: int, fraction: float) -> None:
+    """Log once per device and process when its data is too small for the fraction (it keeps one sample)."""
+    if round(fraction * n) < 1 and device not in _SMALL_LOGGED:
+        _SMALL_LOGGED.add(device)
+        log.info("device %d: %d samples are too few for coreset.fraction = %g; it trains on 1 sample "
+                 "(%.1f%% of its data)", device, n, fraction, 100.0 / max(n, 1))
+
+
+class _Observer:
+    """Feeds the forgetting selector what training saw: per batch, which samples were classified right."""
+
+    def __init__(self, selector, sel: torch.Tensor | None, state: State) -> None:  # noqa: ANN001 - a Selector
+        self.selector, self.sel, self.state = selector, sel, state
+
+    def __call__(self, idx: torch.Tensor, correct: torch.Tensor) -> None:
+        local = idx if self.sel is None else self.sel[idx]
+        self.state = self.selector.observe(local.numpy(), correct.numpy(), self.state)
 
 
 def _charge(rep: DeviceReport, cost: RoundCost) -> None:

@@ -74,20 +74,39 @@ def _build(dataset: str, root: str, name: str, download: bool, part: str, num_de
     return FleetData(ds, public, tuple(train), tuple(val))
 
 
+def _data_key(cfg: ScenarioConfig) -> tuple:
+    d = cfg.data
+    return (d.dataset, d.root, d.name, d.download, d.partition, cfg.federation.num_devices, cfg.federation.seed,
+            d.alpha, d.shards_per_device, d.quantity_sigma, d.min_partition_size, d.val_fraction, d.public_fraction)
+
+
 def fleet_data(cfg: ScenarioConfig) -> FleetData:
     """The fleet's data for a scenario (cached per process)."""
-    d = cfg.data
-    return _build(d.dataset, d.root, d.name, d.download, d.partition, cfg.federation.num_devices,
-                  cfg.federation.seed, d.alpha, d.shards_per_device, d.quantity_sigma,
-                  d.min_partition_size, d.val_fraction, d.public_fraction)
+    return _build(*_data_key(cfg))
 
 
 def device_data(cfg: ScenarioConfig, device: int) -> DeviceData:
-    """Device ``device``'s private data (views into the cached dataset)."""
-    fd = fleet_data(cfg)
+    """Device ``device``'s private data, gathered once per process (not copied again every round)."""
+    return _device_data(_data_key(cfg), device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _device_data(key: tuple, device: int) -> DeviceData:
+    fd = _build(*key)
     ds = fd.dataset
     tr, va = fd.train[device], fd.val[device]
     return DeviceData(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+
+
+def eval_subset(n: int, limit: int, seed: int, device: int) -> torch.Tensor:
+    """Indices of a device's held-out samples it evaluates on: all, or a fixed random ``limit`` of them.
+
+    >>> eval_subset(5, 0, 0, 3).tolist(), len(eval_subset(100, 10, 0, 3))
+    ([0, 1, 2, 3, 4], 10)
+    """
+    if not limit or limit >= n:
+        return torch.arange(n)
+    return torch.from_numpy(np.sort(np.random.default_rng([seed, device, 7]).permutation(n)[:limit]))
 
 
 def test_subset(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:

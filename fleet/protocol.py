@@ -48,6 +48,10 @@ class DeviceInstruction:
     deadline_s: float = 0.0
     fault: str = ""  # injected fault kind for this device-round ("" = none)
     proximal_mu: float = 0.0
+    lr: float = 0.0  # the round's base learning rate (0 = the scenario's train.lr)
+    lr_window_start: float = 0.0  # the share of the training job this round covers (train.lr-scope)
+    lr_window_end: float = 1.0
+    evaluate: bool = True  # evaluate the received model on the device's held-out split
     batch_size: int = 0  # 0 = the scenario's
     state_dir: str = ""  # the device's local storage for its state ("" = Flower's context.state)
 
@@ -81,6 +85,7 @@ class DeviceReport:
     weight: float = 0.0  # aggregation weight (local data or coreset size)
     local_size: int = 0
     coreset_size: int = 0
+    coreset_fraction: float = MISSING  # realized: coreset_size / local_size
     train_samples: int = 0
     scoring_passes: int = 0
     teacher_passes: int = 0

@@ -36,8 +36,9 @@ def plot_accuracy_rounds(run: Run, path: Path) -> Path | None:
         return None
     fig, ax = new_figure()
     rounds = [r["round"] for r in run.rounds]
-    ax.plot(rounds, [pct(r.get("accuracy")) for r in run.rounds], "o-", color="C0",
-            label="global model, central test set")
+    evaluated = [r for r in run.rounds if r.get("accuracy") is not None]  # federation.eval-every skips some
+    ax.plot([r["round"] for r in evaluated], [pct(r["accuracy"]) for r in evaluated], "o-", color="C0",
+            label="global model, central test set (round 0: the starting model)")
     dev_mean = [pct(r.get("device_accuracy_mean")) for r in run.rounds]
     if not all(math.isnan(v) for v in dev_mean):
         ax.plot(rounds, dev_mean, "s--", color="C1", ms=4, label="on-device held-out, mean")

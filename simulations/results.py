@@ -114,7 +114,8 @@ class RunDir:
                 self.sim_time_s += r["sim_time_s"]
                 prior_wall += r["wall_s"]
                 self.rounds_completed = r["round"]
-                self.last_accuracy = r["accuracy"]
+                if r["accuracy"] is not None:
+                    self.last_accuracy = r["accuracy"]
         self.t0 -= prior_wall  # wall_time_s counts the earlier session's rounds too
 
     # -- start ---------------------------------------------------------------------------------
@@ -135,7 +136,12 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def record_round(self, rl: RoundLog, accuracy: float, loss: float, wall_s: float) -> dict[str, Any]:
+    def record_start(self, accuracy: float | None, loss: float | None, wall_s: float) -> dict[str, Any]:
+        """Round 0: the starting model's line (no device trained), the first point of every curve."""
+        return self.record_round(RoundLog(0), accuracy, loss, wall_s)
+
+    def record_round(self, rl: RoundLog, accuracy: float | None, loss: float | None,
+                     wall_s: float) -> dict[str, Any]:
         """Append the round's device lines, then its round line (the round line marks it complete)."""
         # Reports arrive in completion order; every float reduction below runs in device order so that a
         # resumed or repeated run writes bit-identical lines.
@@ -161,7 +167,8 @@ class RunDir:
         self.energy_j += sum(r.energy_j for r in reports)
         self.sim_time_s += rl.sim_time_s
         self.rounds_completed = rl.server_round
-        self.last_accuracy = _finite(accuracy)
+        if _finite(accuracy) is not None:  # a round without evaluation (federation.eval-every) keeps the last one
+            self.last_accuracy = _finite(accuracy)
         return row
 
     # -- end -----------------------------------------------------------------------------------

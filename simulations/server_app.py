@@ -33,7 +33,7 @@ from simulations.checkpoint import (CheckpointError, config_hash, fleet_part, in
 from simulations.deploy import export_deployable, write_qgt_report
 from simulations.results import RunDir, new_run_dir
 from simulations.stream_phase import run_stream_phase
-from strategies.fleet import FleetStrategy
+from strategies.fleet import FleetStrategy, is_eval_round
 from strategies.loader import load_strategy
 
 log = logging.getLogger(__name__)
@@ -93,21 +93,27 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     eval_model = copy.deepcopy(model)
     clock = {"t": time.perf_counter()}
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Round 0 (the starting model) and every round's line; evaluation every ``federation.eval-every``."""
+        rnd = strategy.round_offset if server_round == 0 else strategy.last.server_round  # type: ignore[union-attr]
+        if server_round == 0 and ckpt is not None:
+            return None  # resumed: round 0 and the checkpoint's rounds are on disk already
         global_arrays = record_to_numpy(arrays)
-        load_arrays(eval_model, global_arrays)
-        acc, loss = evaluate(eval_model, x_test, y_test)
-        if server_round > 0 and strategy.last is not None:
-            now = time.perf_counter()
-            row = out.record_round(strategy.last, acc, loss, now - clock["t"])
-            save_checkpoint(run_dir, strategy.last.server_round, global_arrays, strategy.state_dict(), inner,
-                            cfg_hash, cfg.output.keep_checkpoints)
-            clock["t"] = now
-            if progress is not None:
-                progress(row)
-        elif progress is not None:
-            progress({"round": strategy.round_offset, "accuracy": acc})
-        return MetricRecord({"accuracy": acc, "loss": loss})
+        acc = loss = None
+        if server_round == 0 or is_eval_round(rnd, cfg):
+            load_arrays(eval_model, global_arrays)
+            acc, loss = evaluate(eval_model, x_test, y_test)
+        now = time.perf_counter()
+        if server_round == 0:
+            row = out.record_start(acc, loss, now - clock["t"])
+        else:
+            row = out.record_round(strategy.last, acc, loss, now - clock["t"])  # type: ignore[arg-type]
+            save_checkpoint(run_dir, rnd, global_arrays, strategy.state_dict(), inner, cfg_hash,
+                            cfg.output.keep_checkpoints)
+        clock["t"] = now
+        if progress is not None:
+            progress(row)
+        return None if acc is None else MetricRecord({"accuracy": acc, "loss": loss})
 
     remaining = cfg.federation.rounds - strategy.round_offset
     final_arrays = initial

@@ -33,6 +33,7 @@ from fleet.assembly import needs_reference
 from fleet.codecs import Codec
 from fleet.config import ScenarioConfig
 from fleet.hardware import availability_model, catalogue, device_profiles
+from fleet.lr_schedule import round_window
 from fleet.profiles import nearest_bits
 from fleet.quant.convert import QuantInfo, QuantSpec
 from strategies.guard import screen_updates
@@ -40,7 +41,7 @@ from strategies.sampling import draw_faults, sample_devices
 
 ROSTER_BATCH = 100  # roster queries in flight at once (see FleetStrategy.discover)
 
-__all__ = ["FleetStrategy", "RoundLog"]
+__all__ = ["FleetStrategy", "RoundLog", "is_eval_round"]
 
 
 @dataclass
@@ -145,13 +146,16 @@ class FleetStrategy(Strategy):
         self.pending = {}
         model_bytes = arrays.count_bytes()
         msgs = []
+        window = round_window(self.cfg.train.lr_scope, rnd, self.cfg.federation.rounds)
+        lr = float(extra.get("lr", self.cfg.train.lr))  # an inner strategy may set the round's rate
         for dev in chosen:
             w, a = self._bits(dev)
             ins = P.DeviceInstruction(
                 server_round=rnd, device=int(dev), profile=self.profiles[dev], weight_bits=w, act_bits=a,
                 participation=int(self.participation[dev]), ref_hash=self.ref_hash,
                 deadline_s=self.cfg.devices.deadline_s, fault=faults.get(int(dev), ""),
-                proximal_mu=float(extra.get("proximal-mu", 0.0)), state_dir=self.state_dir)
+                proximal_mu=float(extra.get("proximal-mu", 0.0)), lr=lr, lr_window_start=window[0],
+                lr_window_end=window[1], evaluate=is_eval_round(rnd, self.cfg), state_dir=self.state_dir)
             content = RecordDict({P.ARRAYS: arrays, P.CONFIG: ins.to_record()})
             down = model_bytes
             if not self.has_reference[dev] and needs_reference(self.cfg, w, a):
@@ -271,6 +275,12 @@ class FleetStrategy(Strategy):
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.participation = np.asarray(state["participation"], dtype=np.int64).copy()
         self.has_reference = np.asarray(state["has_reference"], dtype=bool).copy()
+
+
+def is_eval_round(server_round: int, cfg: ScenarioConfig) -> bool:
+    """Whether round ``server_round`` is evaluated (``federation.eval-every``; round 0 and the last always)."""
+    every = cfg.federation.eval_every
+    return server_round % every == 0 or server_round >= cfg.federation.rounds
 
 
 def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Message:

@@ -20,6 +20,7 @@ from fleet.coreset import (
     top_k,
 )
 from fleet.coreset.selectors import moderate_scores
+from fleet.coreset.budget import budget, class_budgets
 
 # Crafted dataset: class 0 has 4 samples with low scores, class 1 has 6 with high ones.
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -57,10 +58,23 @@ def test_global_top_k_ignores_classes() -> None:
     assert top_k(SCORES, Y, 0.5, balanced=False).tolist() == [4, 5, 6, 7, 8]
 
 
-def test_budget_floor_of_one_and_dtype() -> None:
-    # class 0: round(0.4)=0 -> floored to 1; class 1: round(0.6)=1; global round(1.0)=1
+def test_budget_is_the_fraction_asked_not_one_per_class() -> None:
+    # total round(0.1 * 10) = 1; quotas 0.4 (class 0) and 0.6 (class 1): the one sample goes to class 1
     got = top_k(SCORES, Y, 0.1, balanced=True)
-    assert got.tolist() == [1, 4] and got.dtype == np.int64
+    assert got.tolist() == [4] and got.dtype == np.int64
+
+
+@pytest.mark.parametrize(("counts", "fraction", "want"), [
+    ([5, 3, 2], 0.5, [3, 1, 1]),          # total 5; quotas 2.5, 1.5, 1.0; the leftover unit to the .5 tie, class 0
+    ([40, 30, 20, 10], 0.1, [4, 3, 2, 1]),  # exact quotas
+    ([7, 7, 7], 0.1, [1, 1, 0]),          # total round(2.1) = 2; equal remainders go to the smaller class ids
+    ([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 0.1, [1] + [0] * 11),  # 12 samples at 10%: 1, not 12
+    ([3], 1.0, [3]),
+])
+def test_class_budgets_by_largest_remainder(counts: list[int], fraction: float, want: list[int]) -> None:
+    got = class_budgets(np.array(counts), fraction)
+    assert got.tolist() == want
+    assert int(got.sum()) == budget(sum(counts), fraction)
     assert top_k(SCORES, Y, 0.1, balanced=False).tolist() == [4]
 
 

@@ -1,8 +1,11 @@
 """Turning per-sample scores into a coreset: normalisation and top-k budgets.
 
 Selection keeps the highest scores, as ACS and QuaRC do (ALGORITHMS.md §1.4, §2.1).
-Budgets follow ACS's ``round(fraction * n)`` (Python's round-half-to-even), floored at
-one sample so that a tiny class or device never contributes nothing.
+The coreset is the fraction asked: a device keeps ``max(1, round(fraction * N))`` samples
+(Python's round-half-to-even), and a class-balanced selection spreads that total over the
+classes present in proportion to their counts by largest remainder (ties to the smaller
+class id). ACS's per-class ``max(1, round(fraction * n_c))`` floors every class at one sample,
+which at 10% of a device holding 12 samples of 7 classes keeps 7, not 1.
 
 Examples
 --------
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SCORE_NORMS", "budget", "check_fraction", "normalize", "top_k"]
+__all__ = ["SCORE_NORMS", "budget", "class_budgets", "check_fraction", "normalize", "top_k"]
 
 SCORE_NORMS = ("none", "rank", "zscore")
 
@@ -32,6 +35,29 @@ def check_fraction(fraction: float) -> None:
 def budget(n: int, fraction: float) -> int:
     """Return how many of ``n`` samples to keep: ``max(1, round(fraction * n))``."""
     return min(n, max(1, round(fraction * n)))
+
+
+def class_budgets(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """Per-class budgets summing to ``budget(sum(counts), fraction)``, by largest remainder.
+
+    Examples
+    --------
+    >>> class_budgets(np.array([5, 3, 2]), 0.5).tolist()  # total 5; quotas 2.5, 1.5, 1.0
+    [3, 1, 1]
+    >>> class_budgets(np.array([2, 2, 2, 2, 2, 2, 1]), 0.1).tolist()  # total 1, not 7
+    [1, 0, 0, 0, 0, 0, 0]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    if n == 0:
+        return np.zeros_like(counts)
+    total = budget(n, fraction)
+    quota = total * counts / n  # (C,)
+    out = np.floor(quota).astype(np.int64)
+    left = total - int(out.sum())
+    order = np.lexsort((np.arange(len(counts)), -(quota - out)))  # largest remainder, then class id
+    out[order[:left]] += 1
+    return np.minimum(out, counts)
 
 
 def normalize(scores: np.ndarray, how: str) -> np.ndarray:
@@ -80,7 +106,7 @@ def top_k(
     fraction : float
         Fraction in (0, 1].
     balanced : bool
-        Per class top ``max(1, round(fraction * n_c))`` over the classes present;
+        Per class top ``k_c`` over the classes present, the ``k_c`` from :func:`class_budgets`;
         otherwise global top ``max(1, round(fraction * N))`` (default: True).
     """
     check_fraction(fraction)
@@ -93,9 +119,7 @@ def top_k(
         keep = _descending(scores, all_idx)[: budget(n, fraction)]
     else:
         y = np.asarray(y)
-        parts = []
-        for c in np.unique(y):  # classes with no samples never appear here
-            idx_c = all_idx[y == c]
-            parts.append(_descending(scores, idx_c)[: budget(len(idx_c), fraction)])
+        classes, counts = np.unique(y, return_counts=True)  # classes with no samples never appear here
+        parts = [_descending(scores, all_idx[y == c])[:k] for c, k in zip(classes, class_budgets(counts, fraction))]
         keep = np.concatenate(parts)
     return np.sort(keep).astype(np.int64)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fleet.quant.quantizers import FLOAT_BITS, IdentityQuantizer, LsqQuantizer, check_bits
+from fleet.quant.signs import relu_fed_layers, resolve_act_signed
 
 __all__ = [
     "QConv2d",
@@ -230,7 +231,7 @@ def quantize_model(
     keep_fp: Sequence[str] | None = None,
     weights_only: bool = False,
     per_channel: bool = False,
-    act_signed: bool = True,
+    act_signed: bool | str = "auto",
 ) -> nn.Module:
     """Return a fake-quantized deep copy of ``model`` (the input is untouched).
 
@@ -247,8 +248,10 @@ def quantize_model(
         Float activations everywhere (default: False).
     per_channel : bool
         Per-output-channel weight steps (default: False; ACS is per-tensor).
-    act_signed : bool
-        Signed activation range (default: True, as ACS).
+    act_signed : bool or "auto"
+        Signed activation range; ``"auto"`` (default) makes it unsigned for a layer fed by
+        ReLU/ReLU6 (:func:`fleet.quant.signs.relu_fed_layers`) and signed elsewhere; ``True``
+        everywhere is ACS's code.
     """
     _check_layer_bits(weight_bits, "weight_bits")
     _check_layer_bits(act_bits, "act_bits")
@@ -260,8 +263,10 @@ def quantize_model(
     qmodel = copy.deepcopy(model)
     abits = FLOAT_BITS if weights_only else act_bits
     targets = [(n, m) for n, m in qmodel.named_modules() if type(m) in MAPPING and n not in keep]
+    relu_fed = relu_fed_layers(model) if act_signed == "auto" and targets else set()
     for name, layer in targets:
-        qlayer = MAPPING[type(layer)].from_float(layer, weight_bits, abits, per_channel, act_signed)  # type: ignore[arg-type]
+        signed = resolve_act_signed(act_signed, name, relu_fed)
+        qlayer = MAPPING[type(layer)].from_float(layer, weight_bits, abits, per_channel, signed)  # type: ignore[arg-type]
         if name == "":
             return qlayer  # the model itself is a single layer
         _set_submodule(qmodel, name, qlayer)
