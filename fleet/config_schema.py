@@ -158,6 +158,10 @@ class TrainConfig:
                                "kept on the device between its rounds", choices=("round", "device"))
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = opt(0.0, "weight decay on conv/linear weights", ge=0)
+    act_step_lr_scale: float = opt(1.0, "learning rate of activation step sizes as a share of train.lr "
+                                   "(ACS's code: 0.1, which at small budgets leaves them at their initial value)", gt=0)
+    bn_refresh: bool = opt(True, "after local training, re-estimate BatchNorm running statistics with the trained "
+                           "model on (up to 2048 of) the samples it trained on (docs/quantization.md)")
     kd: bool = opt(True, "distil from the float reference when the model is quantized (soft CE, T = 1)")
     clc_beta: Any = opt(0.0, "CLC weight beta (0 = off; 'auto' = beta*L_CLC equals clc-auto-ratio*L_KD)",
                         kind=(float, str))
@@ -197,6 +201,9 @@ class StrategyConfig:
     name: str = opt("fedavg", "built-in strategy or import path package.module:Class")
     options: tuple[tuple[str, Any], ...] = opt((), "keyword arguments of the strategy", kind=tuple)
     weight_by: str = opt("local-data", "aggregation weight", choices=("local-data", "coreset"))
+    bn_stats: str = opt("public", "BatchNorm running statistics of the global model: 'average' (FedAvg of the "
+                        "devices'), or 'public' (re-estimated on the server's public split after each aggregation; "
+                        "averaged when there is none)", choices=("average", "public"))
     guard_norm_factor: float = opt(10.0, "reject updates whose norm exceeds this times the round median",
                                    gt=1)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fleet import faults as faultlib
+from fleet.bnstats import has_batchnorm, reestimate_bn
 from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.quant.convert import init_quantizers
 from fleet.codecs import build_codec, payload_nbytes
@@ -170,6 +171,8 @@ def run_device_round(cfg: ScenarioConfig, ins: DeviceInstruction, global_arrays:
                          on_batch=records)
     if records is not None:
         new_state = records.state
+    if cfg.train.bn_refresh and result.steps and has_batchnorm(model):
+        reestimate_bn(model, x[_refresh_subset(len(y), cfg.federation.seed, ins.device, ins.server_round)])
     if result.opt_state is not None:
         new_state.update(result.opt_state)
     rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
@@ -296,6 +299,17 @@ def _upload_state(model: nn.Module, global_arrays: dict[str, np.ndarray]) -> dic
     such as a step size of a float device, is sent back unchanged)."""
     local = state_arrays(model)
     return {k: local.get(k, global_arrays[k]) for k in global_arrays}
+
+
+BN_REFRESH_SAMPLES = 2048
+
+
+def _refresh_subset(n: int, seed: int, device: int, server_round: int) -> torch.Tensor:
+    """Which of the round's training samples re-estimate BatchNorm (all, or a seeded 2048 of them)."""
+    if n <= BN_REFRESH_SAMPLES:
+        return torch.arange(n)
+    rng = np.random.default_rng([seed, device, server_round, 6])
+    return torch.from_numpy(np.sort(rng.permutation(n)[:BN_REFRESH_SAMPLES]))
 
 
 _SMALL_LOGGED: set[int] = set()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fleet.bnstats import reestimate_bn
 from fleet.config import ScenarioConfig
 from fleet.config_schema import ConfigError
 from fleet.fleetdata import FleetData
@@ -26,7 +29,10 @@ from fleet.train import evaluate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_dir", "reference_model", "state_hash", "load_state_checked", "save_atomic", "pretrain"]
+BN_SAMPLES = 10_000  # training samples that measure the reference's BatchNorm statistics
+
+__all__ = ["cache_dir", "reference_model", "state_hash", "load_state_checked", "save_atomic", "pretrain",
+           "flip_crop", "augment_for"]
 
 
 def cache_dir(cfg: ScenarioConfig) -> Path:
@@ -75,27 +81,78 @@ def load_state_checked(model: nn.Module, path: str, key: str = "model.checkpoint
 def _recipe(cfg: ScenarioConfig) -> str:
     d, m = cfg.data, cfg.model
     return json.dumps({
-        "v": 1, "dataset": d.dataset, "root": d.root, "name": d.name, "public": d.public_fraction,
+        "v": 3, "dataset": d.dataset, "root": d.root, "name": d.name, "public": d.public_fraction,
         "seed": cfg.federation.seed, "arch": m.arch, "epochs": m.pretrain_epochs, "lr": m.pretrain_lr,
+        "data": m.pretrain_data, "optimizer": m.pretrain_optimizer, "batch": m.pretrain_batch_size,
+        "augment": m.pretrain_augment,
+        # the whole training set depends on the partition only through public + val (what is left out)
+        **({"devices": cfg.federation.num_devices, "partition": d.partition, "val": d.val_fraction,
+            "alpha": d.alpha} if m.pretrain_data == "train" else {}),
     }, sort_keys=True)
 
 
-def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int = 0) -> None:
-    """Central float training (Adam, cross-entropy, batch 64), seeded; leaves the model in eval mode."""
+def flip_crop(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and random crop after zero padding by ``pad`` (CIFAR's standard augmentation)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (N, 1, 1, W)
+    chans = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[torch.arange(n)[:, None, None, None], chans, rows, cols]
+
+
+def augment_for(setting: str, in_shape: tuple[int, int, int]) -> str:
+    """``model.pretrain-augment`` resolved: 'auto' is flip-crop for 32x32 colour images, else none."""
+    if setting != "auto":
+        return setting
+    return "flip-crop" if tuple(in_shape) == (3, 32, 32) else "none"
+
+
+def pretrain(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int = 0, *,
+             optimizer: str = "adam", batch_size: int = 64, augment: str = "none") -> None:
+    """Central float training, seeded; leaves the model in eval mode.
+
+    ``adam``: Adam with cosine decay per step over all epochs; ``sgd``: Nesterov SGD (momentum 0.9,
+    weight decay 5e-4) with a one-cycle schedule peaking at ``lr``. Cross-entropy, batch ``batch_size``.
+    BatchNorm statistics are re-estimated on (up to 10,000 of) the training samples at the end.
+    """
     if len(y) == 0 or epochs == 0:
         return
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(y) / batch_size)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                                     weight_decay=5e-4)
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=gen)
-        for s in range(0, len(y), 64):
-            idx = perm[s:s + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        for s in range(0, len(y), batch_size):
+            idx = perm[s:s + batch_size]
+            xb = flip_crop(x[idx], gen) if augment == "flip-crop" else x[idx]
+            loss = nn.functional.cross_entropy(model(xb), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
+    # A short job leaves BatchNorm's running averages far from the trained model's statistics: measure them.
+    reestimate_bn(model, x[torch.randperm(len(y), generator=gen)[:BN_SAMPLES]])
     model.eval()
+
+
+def _pretrain_indices(cfg: ScenarioConfig, fd: FleetData) -> np.ndarray:
+    """What the reference trains on: the public split, or every training sample (public and devices')."""
+    if cfg.model.pretrain_data == "public":
+        return np.asarray(fd.public, dtype=np.int64)
+    return np.sort(np.concatenate([np.asarray(fd.public, dtype=np.int64)] + [np.asarray(t) for t in fd.train]))
 
 
 def reference_model(cfg: ScenarioConfig, fd: FleetData) -> tuple[nn.Module, str, float]:
@@ -111,10 +168,12 @@ def reference_model(cfg: ScenarioConfig, fd: FleetData) -> tuple[nn.Module, str,
             model.load_state_dict(load_file(str(path)))
             log.info("float reference loaded from cache %s", path)
         else:
-            log.info("pretraining the float reference on %d public samples", len(fd.public))
-            pub = fd.public
-            pretrain(model, fd.dataset.x_train[pub], fd.dataset.y_train[pub], cfg.model.pretrain_epochs,
-                     cfg.model.pretrain_lr, cfg.federation.seed)
+            idx = torch.from_numpy(_pretrain_indices(cfg, fd))
+            m = cfg.model
+            log.info("pretraining the float reference on %d %s samples", len(idx), m.pretrain_data)
+            pretrain(model, ds.x_train[idx], ds.y_train[idx], m.pretrain_epochs, m.pretrain_lr, cfg.federation.seed,
+                     optimizer=m.pretrain_optimizer, batch_size=m.pretrain_batch_size,
+                     augment=augment_for(m.pretrain_augment, ds.in_shape))
             save_atomic(model.state_dict(), path)
     model.eval()
     for p in model.parameters():

@@ -47,7 +47,8 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """Optimizer with the papers' groups (ACS code): activation step sizes at lr/10, weight decay on conv weights."""
+    """Optimizer with the papers' groups: activation step sizes at ``lr * train.act-step-lr-scale`` (ACS's
+    code: 0.1; default 1.0, see docs/quantization.md), weight decay on conv weights."""
     lr = tc.lr if lr is None else lr
     act_steps, decayed, rest = [], [], []
     for name, p in model.named_parameters():
@@ -62,7 +63,7 @@ def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float | None = None) -
     groups = [
         {"params": decayed, "weight_decay": tc.weight_decay},
         {"params": rest, "weight_decay": 0.0},
-        {"params": act_steps, "weight_decay": 0.0, "lr": lr / 10},
+        {"params": act_steps, "weight_decay": 0.0, "lr": lr * tc.act_step_lr_scale},
     ]
     groups = [g for g in groups if g["params"]]
     if tc.optimizer == "adam":

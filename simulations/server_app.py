@@ -22,8 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.bnstats import has_batchnorm, reestimate_bn
 from fleet.config import ScenarioConfig, parse_config
-from fleet.device import codec_for
+from fleet.device import BN_REFRESH_SAMPLES, codec_for
 from fleet.fleetdata import fleet_data, test_subset
 from fleet.quant.convert import init_quantizers
 from fleet.reference import reference_model, save_atomic
@@ -72,9 +73,10 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
     model = trainable_model(cfg, reference, wb, ab)
     quantized = is_quantized(wb, ab)
-    if quantized:
+    if quantized and ckpt is None:
         calib = fd.public if len(fd.public) else np.concatenate(fd.train)[:256]
         init_quantizers(model, ds.x_train[calib[:256]])
+        reestimate_bn(model, ds.x_train[calib[:BN_REFRESH_SAMPLES]])  # the quantized model's own statistics
     initial = state_arrays(model) if ckpt is None else ckpt.arrays
     codec = codec_for(cfg)
     qinfo = model_quant_info(model) if quantized else None
@@ -82,6 +84,7 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     ref_state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
     strategy = FleetStrategy(inner, cfg, codec, qinfo, ref_state, ref_hash)
     strategy.state_dir = str(run_dir / "device-state")
+    strategy.refine = _bn_refiner(cfg, model, ds.x_train[fd.public[:BN_REFRESH_SAMPLES]])
     if ckpt is not None:
         strategy.load_state_dict(fleet_part(ckpt))
         restore_object_state(inner, inner_part(ckpt), ckpt.inner_meta)
@@ -134,6 +137,22 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
         extra["continual"] = run_stream_phase(grid, cfg, strategy, _float_copy(eval_model, reference), fd,
                                               run_dir, out.append)
     return out.write_summary("complete", **extra)
+
+
+def _bn_refiner(cfg: ScenarioConfig, model: torch.nn.Module,
+                x_public: torch.Tensor) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """``strategy.bn-stats = "public"``: the aggregated model's BatchNorm statistics, re-estimated on public data."""
+    if cfg.strategy.bn_stats != "public" or not len(x_public) or not has_batchnorm(model):
+        return None
+    work = copy.deepcopy(model)
+
+    def refine(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        load_arrays(work, arrays)
+        reestimate_bn(work, x_public)
+        fresh = state_arrays(work)
+        return {k: fresh[k] if k.endswith(("running_mean", "running_var")) else v for k, v in arrays.items()}
+
+    return refine
 
 
 def _float_copy(model: torch.nn.Module, reference: torch.nn.Module) -> torch.nn.Module:

@@ -15,7 +15,7 @@ Flower Message-API strategy (built-in or the user's), as Flower's DP wrappers do
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -93,6 +93,8 @@ class FleetStrategy(Strategy):
         self.current: dict[str, np.ndarray] = {}
         self.pending: dict[int, P.DeviceReport] = {}
         self.last: RoundLog | None = None
+        # Applied to the aggregated arrays (the composition root sets it: BatchNorm re-estimation on public data).
+        self.refine: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
     # -- roster --------------------------------------------------------------------------------
     def discover(self, grid: Grid, timeout: float) -> None:
@@ -228,6 +230,8 @@ class FleetStrategy(Strategy):
         # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
         msgs = [_decoded_message(decoded[d], ok[d]) for d in sorted(accepted)]
         arrays, metrics = self.inner.aggregate_train(server_round, msgs)
+        if arrays is not None and self.refine is not None:
+            arrays = record_from_numpy(self.refine(record_to_numpy(arrays)))
         return arrays, metrics
 
     def _decode(self, payload: dict[str, np.ndarray], bits: int) -> dict[str, np.ndarray]:
