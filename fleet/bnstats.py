@@ -30,27 +30,50 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
-    """Replace every BatchNorm's running mean/var by the exact average over ``x`` (the model's own outputs).
+    """Replace every BatchNorm's running mean/var by their values over ``x`` under eval-time behaviour.
 
-    Only the running statistics change (no parameter, no quantizer step); the model is returned in
-    the mode it came in.
+    Layer by layer in forward order: a BatchNorm's statistics are measured with every earlier
+    BatchNorm already normalising by its new running statistics, as at inference (measuring all
+    of them at once in train mode would feed later layers batch-normalised inputs, which a 2-bit
+    network is sensitive to: its accuracy moved by 40 points between batch sizes 500 and 1000).
+    The mean is weighted by batch size and the variance is the pooled variance over ``x`` (within
+    and between batches). Only the running statistics change; the model keeps its mode.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or len(x) == 0:
         return model
     modes = {m: m.training for m in model.modules()}
-    momenta = [bn.momentum for bn in bns]
     try:
         model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative moving average: the exact mean over the batches seen
-            bn.train()
-        for s in range(0, len(x), batch_size):
-            model(x[s:s + batch_size])
+        for bn in bns:  # named_modules order is construction order, the forward order of the built-in models
+            _measure(model, bn, x, batch_size)
     finally:
-        for bn, mom in zip(bns, momenta):
-            bn.momentum = mom
         for m, mode in modes.items():
             m.training = mode
     return model
+
+
+def _measure(model: nn.Module, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, batch_size: int) -> None:
+    """Set ``bn``'s running statistics to the per-channel mean and unbiased variance of its inputs over ``x``."""
+    total = torch.zeros(0)
+    sums: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        t = args[0].transpose(0, 1).reshape(args[0].shape[1], -1).double()  # (C, N*spatial)
+        sums.append(torch.stack([torch.full((t.shape[0],), float(t.shape[1]), dtype=torch.float64),
+                                 t.sum(1), (t * t).sum(1)]))
+
+    handle = bn.register_forward_pre_hook(hook)
+    try:
+        for s in range(0, len(x), batch_size):
+            model(x[s:s + batch_size])
+    finally:
+        handle.remove()
+    if not sums:
+        return
+    total = torch.stack(sums).sum(0)  # (3, C): count, sum, sum of squares
+    n, mean = total[0], total[1] / total[0]
+    var = (total[2] - n * mean * mean) / (n - 1).clamp_min(1)
+    bn.running_mean.copy_(mean.to(bn.running_mean.dtype))  # type: ignore[union-attr]
+    bn.running_var.copy_(var.clamp_min(0).to(bn.running_var.dtype))  # type: ignore[union-attr]
+    bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]

@@ -58,7 +58,7 @@ def check_value(key: str, raw: Any, f: dataclasses.Field) -> Any:  # type: ignor
     if not ok:
         raise ConfigError(key, f"must be {_type_name(kind)}, got {raw!r}")
     if m["choices"] is not None and v not in m["choices"]:
-        valid = ", ".join(str(c) for c in m["choices"])
+        valid = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in m["choices"])
         raise ConfigError(key, f"must be one of {valid}; got {raw!r}")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         for bound, test, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),

@@ -17,7 +17,7 @@ from fleet.config import ScenarioConfig
 from fleet.datasets import Dataset, load_dataset
 from fleet.partition import label_histograms, partition
 
-__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset"]
+__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset", "eval_subset"]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def _default(v: object) -> str:
 def _range(m: dict) -> str:
     parts = []
     if m.get("choices"):
-        parts.append(" \\| ".join(str(c) for c in m["choices"]))
+        parts.append(" \\| ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in m["choices"]))
     for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if m.get(k) is not None:
             parts.append(f"{sym} {m[k]:g}")

@@ -30,7 +30,10 @@ from fleet.device import clc_layer_names
 from fleet.fleetdata import device_data, fleet_data
 from fleet.quant.convert import init_quantizers
 from fleet.quant.export import export_quantized, load_exported
-from fleet.train import evaluate, train_local
+from fleet.bnstats import has_batchnorm, reestimate_bn
+from fleet.device import BN_REFRESH_SAMPLES
+from fleet.lr_schedule import round_window
+from fleet.train import Schedule, evaluate, train_local
 
 __all__ = ["SingleResult", "run_single"]
 
@@ -80,6 +83,7 @@ def run_single(cfg: ScenarioConfig, reference: nn.Module, x_test: torch.Tensor, 
     state: dict[str, np.ndarray] = {}
     sel_s, passes, samples, teacher_n, size = 0.0, 0, 0, 0, len(y)
     ratio, beta = float("nan"), 0.0
+    opt_state: dict[str, np.ndarray] = {}
     for t in range(epochs):
         xs, ys = x, y
         if selector is not None:
@@ -94,8 +98,13 @@ def run_single(cfg: ScenarioConfig, reference: nn.Module, x_test: torch.Tensor, 
             sel = torch.from_numpy(res.indices)
             xs, ys = x[sel], y[sel]
             size = len(ys)
-        out = train_local(model, xs, ys, cfg.train, gen=gen, teacher=reference, clc_layers=clc,
-                          qgt_bits=bits_w)
+        # The papers' protocol: one optimizer and one schedule over all T epochs (docs/quantization.md).
+        out = train_local(model, xs, ys, cfg.train, gen=gen, teacher=reference, clc_layers=clc, qgt_bits=bits_w,
+                          schedule=Schedule(cfg.train.lr, cfg.train.lr_schedule, round_window("run", t + 1, epochs)),
+                          opt_state=opt_state)
+        opt_state = out.opt_state or {}
+        if cfg.train.bn_refresh and has_batchnorm(model):
+            reestimate_bn(model, xs[:BN_REFRESH_SAMPLES])
         samples, teacher_n = samples + out.samples, teacher_n + out.teacher_passes
         if t == 0:
             ratio, beta = out.kd_clc_ratio, out.beta

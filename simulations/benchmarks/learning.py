@@ -41,7 +41,7 @@ __all__ = ["CELLS", "cell_config", "main", "table"]
 SINGLE = {
     "federation.num-devices": 1, "federation.devices-per-round": 1, "federation.eval-every": 10,
     "data.partition": "iid", "data.val-fraction": 0.0, "data.public-fraction": 0.0,
-    "model.arch": "cnn", "model.pretrain-data": "train", "model.pretrain-epochs": 6, "model.pretrain-lr": 0.003,
+    "model.arch": "cnn", "model.pretrain-data": "train", "model.pretrain-epochs": 8, "model.pretrain-lr": 0.003,
     "quant.codec": "fp32", "coreset.method": "random", "coreset.redraw": True, "coreset.reselect-every": 10,
     "train.local-epochs": 1, "train.lr": 0.001, "train.batch-size": 64, "train.lr-schedule": "cosine",
     "train.lr-scope": "run", "train.optimizer-state": "device",
