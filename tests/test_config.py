@@ -28,7 +28,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
      f"foo.bar: unknown key (valid sections: {SECTIONS_HINT})"),
     ("unknown-key", {"federation.num-device": 3},
      "federation.num-device: unknown key (valid keys: federation.num-devices, federation.devices-per-round, "
-     "federation.rounds, federation.seed, federation.round-timeout-s)"),
+     "federation.rounds, federation.seed, federation.round-timeout-s, federation.eval-every, "
+     "federation.device-eval-limit)"),
     ("str-for-int", {"federation.rounds": "3"}, "federation.rounds: must be an integer, got '3'"),
     ("bool-for-int", {"federation.rounds": True}, "federation.rounds: must be an integer, got True"),
     ("float-for-int", {"federation.rounds": 2.5}, "federation.rounds: must be an integer, got 2.5"),
@@ -231,7 +232,8 @@ def test_check_override_accepts_good_values(key: str, text: str) -> None:
     ("data.alpha", "0", "data.alpha: must be > 0, got 0"),
     ("quant.weight-bits", "9", f"quant.weight-bits: must be one of {BITS_HINT}; got 9"),
     ("federation.nope", "1", "federation.nope: unknown key (valid keys: federation.num-devices, "
-     "federation.devices-per-round, federation.rounds, federation.seed, federation.round-timeout-s)"),
+     "federation.devices-per-round, federation.rounds, federation.seed, federation.round-timeout-s, federation.eval-every, "
+     "federation.device-eval-limit)"),
     ("devices.profiles.mcu", "-1", "devices.profiles.mcu: must be a number >= 0 (mix weight), got -1"),
     ("devices.profiles.mcu", "abc", "devices.profiles.mcu: must be a number >= 0 (mix weight), got 'abc'"),
 ])

@@ -63,7 +63,7 @@ def test_export_contents_and_size() -> None:
     assert arrays["conv3.weight::codes"].nbytes == 18432 * 3 // 8
     assert arrays["conv2.weight::shape"].tolist() == [32, 16, 3, 3]
     assert arrays["conv2.weight::qspec"].tolist() == [3, 1]
-    assert arrays["conv2.act_quant::qspec"].tolist() == [4, 1]
+    assert arrays["conv2.act_quant::qspec"].tolist() == [4, 0]  # unsigned: conv2's input follows a ReLU
     assert "conv2.weight" not in arrays and "conv1.weight" in arrays  # conv1 stays float
     assert not [k for k in arrays if k.endswith(("initialized", "num_batches_tracked"))]
     assert all(v.dtype == np.float32 for k, v in arrays.items() if "::" not in k)

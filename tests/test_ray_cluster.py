@@ -90,6 +90,6 @@ def test_run_joins_an_existing_cluster(ray_head: tuple[str, Path], tmp_path: Pat
 
     # Assert: the run completed both rounds with every sampled device
     assert summary["status"] == "complete" and summary["rounds_completed"] == 2
-    assert [r["devices_completed"] for r in rounds] == [2, 2]
+    assert [r["devices_completed"] for r in rounds] == [0, 2, 2]  # round 0: the starting model
     # ... and it ran on the head: this process's driver log is in the head's session, not a new local one
     assert list(temp_dir.glob(f"session_*/logs/python-core-driver-*_{os.getpid()}.log"))

@@ -47,7 +47,7 @@ def _wait_for_round(run: Path, k: int, proc: subprocess.Popen, limit_s: float = 
     while time.time() - t0 < limit_s:
         rounds = run / "rounds.jsonl"
         if (run / "checkpoints" / f"round-{k:05d}").is_dir() and rounds.is_file() and \
-                len(rounds.read_text().splitlines()) >= k:
+                len(rounds.read_text().splitlines()) >= k + 1:  # round 0 is the first line
             return
         if proc.poll() is not None:
             raise AssertionError(f"run ended early with code {proc.returncode}")
@@ -117,8 +117,8 @@ def test_ctrl_c_leaves_a_resumable_run_and_no_processes(tmp_path: Path, env: dic
     # Assert: exit 130, the summary says interrupted, the finished rounds are on disk, nothing left running
     assert proc.returncode == 130, err[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
-    assert len((run / "rounds.jsonl").read_text().splitlines()) >= 1
+    assert len((run / "rounds.jsonl").read_text().splitlines()) >= 2  # round 0 and at least round 1
     assert not _group_alive(proc.pid)
     res = subprocess.run(_cmd("resume", str(run), "--quiet"), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert len((run / "rounds.jsonl").read_text().splitlines()) == 4
+    assert len((run / "rounds.jsonl").read_text().splitlines()) == 5  # rounds 0..4

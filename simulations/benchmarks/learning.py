@@ -195,6 +195,7 @@ def _data_keys(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m simulations.benchmarks.learning", description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="", help="run only cells whose name starts with this (single, fed, ...)")
+    ap.add_argument("--cells", default="", help="comma-separated cell names to run (default: all)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--dataset", default="npz", help="data.dataset of every cell (default: npz)")
     ap.add_argument("--root", default="", help="data.root (default: ../shared/data/mnist)")
@@ -209,7 +210,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
     try:
         for seed in range(args.seeds):
-            for cell in (c for c in CELLS if c.startswith(args.only)):
+            wanted = [c for c in args.cells.split(",") if c] or list(CELLS)
+            unknown = sorted(set(wanted) - set(CELLS))
+            if unknown:
+                raise SystemExit(f"--cells: unknown cell {unknown[0]!r}; cells: {', '.join(CELLS)}")
+            for cell in (c for c in wanted if c.startswith(args.only)):
                 done = results["runs"].setdefault(cell, {})
                 if str(seed) in done:
                     continue

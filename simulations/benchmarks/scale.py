@@ -94,6 +94,7 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
         run_dir.mkdir()
         summary = run_config(cfg, run_dir)
         rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if r["round"] > 0]  # round 0 is the starting model's evaluation, not a round
         walls, acc = [r["wall_s"] for r in rows], summary.get("final_accuracy")
     (out / "result.json").write_text(json.dumps({"round_wall_s": walls, "final_accuracy": acc}))
 

@@ -226,6 +226,7 @@ def run_cell(base: dict[str, object], strategy: str, alpha: float, condition: st
     t0 = time.perf_counter()
     summary, acc0 = run_local(cfg, run_dir)
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [r for r in rounds if r["round"] > 0]  # acc0 is round 0
     devices = [json.loads(line) for line in (run_dir / "devices.jsonl").read_text().splitlines()]
     return {
         "strategy": strategy, "options": STRATEGIES[strategy], "alpha": alpha, "condition": condition,
