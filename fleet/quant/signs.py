@@ -44,28 +44,22 @@ _KEEP_FUNCTIONS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_poo
 _KEEP_METHODS = {"view", "reshape", "flatten", "contiguous", "mean", "squeeze", "unsqueeze", "permute"}
 
 
-def _is_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _matches(node: torch.fx.Node, modules: dict[str, nn.Module], kinds: tuple[type, ...], functions: set,
+             methods: set[str]) -> bool:
+    """Whether ``node`` calls a module of ``kinds``, one of ``functions`` or one of ``methods``."""
     if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _RELU_MODULES)
+        return isinstance(modules.get(str(node.target)), kinds)
     if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in _RELU_METHODS
-
-
-def _keeps_sign(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _KEEP_MODULES)
-    if node.op == "call_function":
-        return node.target in _KEEP_FUNCTIONS
-    return node.op == "call_method" and node.target in _KEEP_METHODS
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
 
 
 def _fed_by_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node``'s value is a ReLU output, possibly through sign-keeping operations."""
     while True:
-        if _is_relu(node, modules):
+        if _matches(node, modules, _RELU_MODULES, _RELU_FUNCTIONS, _RELU_METHODS):
             return True
-        if not _keeps_sign(node, modules) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        if not _matches(node, modules, _KEEP_MODULES, _KEEP_FUNCTIONS, _KEEP_METHODS) or not node.args or not isinstance(node.args[0], torch.fx.Node):
             return False
         node = node.args[0]
 
