@@ -45,5 +45,5 @@ def test_table_reports_mean_interval_last5_and_swing() -> None:
     text = learning.table(results)
     # Assert: mean of the last-5 means is 95.0; the t interval of (94, 96) at n = 2 is 12.706 * 1 = 12.7
     row = [line for line in text.splitlines() if line.startswith("| fed-w4a4")][0]
-    assert "95.0 ± 12.7" in row and "| 2 |" in row
+    assert "95.00 ± 12.71" in row and "| 2 |" in row
     assert math.isclose(learning._swing(curve_a), 0.40, abs_tol=1e-9)

@@ -144,7 +144,7 @@ def _stat(values: list[float]) -> str:
     if not vals:
         return "–"
     m, h = mean_ci95(vals)
-    return format_ci(m, h, scale=100, digits=1)
+    return format_ci(m, h, scale=100, digits=2)
 
 
 def table(results: dict[str, Any]) -> str:
