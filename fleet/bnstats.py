@@ -55,7 +55,6 @@ def reestimate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> n
 
 def _measure(model: nn.Module, bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, batch_size: int) -> None:
     """Set ``bn``'s running statistics to the per-channel mean and unbiased variance of its inputs over ``x``."""
-    total = torch.zeros(0)
     sums: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:

@@ -31,7 +31,7 @@ from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
 from fleet.costs import RoundCost, apply_deadline, device_round_cost, model_flops
-from fleet.fleetdata import device_data, eval_subset, fleet_data
+from fleet.fleetdata import device_data, eval_subset, fleet_data, seeded_subset
 from fleet.memory import estimate_peak_memory, fit_batch_size
 from fleet.models import block_names, build_model
 from fleet.hardware import resolve_profile
@@ -306,10 +306,7 @@ BN_REFRESH_SAMPLES = 2048
 
 def _refresh_subset(n: int, seed: int, device: int, server_round: int) -> torch.Tensor:
     """Which of the round's training samples re-estimate BatchNorm (all, or a seeded 2048 of them)."""
-    if n <= BN_REFRESH_SAMPLES:
-        return torch.arange(n)
-    rng = np.random.default_rng([seed, device, server_round, 6])
-    return torch.from_numpy(np.sort(rng.permutation(n)[:BN_REFRESH_SAMPLES]))
+    return seeded_subset(n, BN_REFRESH_SAMPLES, [seed, device, server_round, 6])
 
 
 _SMALL_LOGGED: set[int] = set()

@@ -17,7 +17,7 @@ from fleet.config import ScenarioConfig
 from fleet.datasets import Dataset, load_dataset
 from fleet.partition import label_histograms, partition
 
-__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset", "eval_subset"]
+__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset", "eval_subset", "seeded_subset"]
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,14 @@ def eval_subset(n: int, limit: int, seed: int, device: int) -> torch.Tensor:
     >>> eval_subset(5, 0, 0, 3).tolist(), len(eval_subset(100, 10, 0, 3))
     ([0, 1, 2, 3, 4], 10)
     """
+    return seeded_subset(n, limit, [seed, device, 7])
+
+
+def seeded_subset(n: int, limit: int, key: list[int]) -> torch.Tensor:
+    """All of ``range(n)``, or a sorted random ``limit`` of it drawn from ``default_rng(key)``."""
     if not limit or limit >= n:
         return torch.arange(n)
-    return torch.from_numpy(np.sort(np.random.default_rng([seed, device, 7]).permutation(n)[:limit]))
+    return torch.from_numpy(np.sort(np.random.default_rng(key).permutation(n)[:limit]))
 
 
 def test_subset(x: torch.Tensor, y: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
