@@ -25,13 +25,13 @@ from torch import nn
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.assembly import needs_reference
-from fleet.config import ScenarioConfig, parse_config
+from fleet.model.assembly import needs_reference
+from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import run_device_round
-from fleet.devicestate import load_device_state, save_device_state
-from fleet.fleetdata import fleet_data
-from fleet.models import build_model
-from fleet.reference import cache_dir, save_atomic, state_hash
+from fleet.state import load_device_state, save_device_state
+from fleet.data.splits import fleet_data
+from fleet.model.architectures import build_model
+from fleet.model.reference import cache_dir, save_atomic, state_hash
 
 __all__ = ["app", "make_client_app", "config_from_run_config"]
 
@@ -122,7 +122,7 @@ def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     ask = msg.content[P.CONFIG].get("ask", "device")
     if ask != "stream":
         return Message(RecordDict({P.REPORT: ConfigRecord({"device": pid})}), reply_to=msg)
-    from fleet.stream_device import run_stream_device
+    from fleet.qcore.device import run_stream_device
 
     device = int(msg.content[P.CONFIG]["device"])
     if pid not in (-1, device):

@@ -21,22 +21,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from fleet import faults as faultlib
-from fleet.bnstats import has_batchnorm, reestimate_bn
-from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.hardware import faults as faultlib
+from fleet.model.bnstats import has_batchnorm, reestimate_bn
+from fleet.model.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.quant.convert import init_quantizers
-from fleet.codecs import build_codec, payload_nbytes
-from fleet.config import ScenarioConfig
+from fleet.quant.codecs import build_codec, payload_nbytes
+from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
-from fleet.costs import RoundCost, apply_deadline, device_round_cost, model_flops
-from fleet.fleetdata import device_data, eval_subset, fleet_data, seeded_subset
-from fleet.memory import estimate_peak_memory, fit_batch_size
-from fleet.models import block_names, build_model
-from fleet.hardware import resolve_profile
+from fleet.hardware.costs import RoundCost, apply_deadline, device_round_cost, model_flops
+from fleet.data.splits import device_data, eval_subset, fleet_data, seeded_subset
+from fleet.hardware.memory import estimate_peak_memory, fit_batch_size
+from fleet.model.architectures import block_names, build_model
+from fleet.hardware.catalogue import resolve_profile
 from fleet.protocol import DeviceInstruction, DeviceReport
-from fleet.train import OPT_PREFIX, Schedule, evaluate, train_local
+from fleet.train.loop import OPT_PREFIX, Schedule, evaluate, train_local
 
 log = logging.getLogger(__name__)
 

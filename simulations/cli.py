@@ -12,13 +12,13 @@ import logging
 import sys
 from typing import Any
 
-from fleet.config import ConfigError
+from fleet.config.scenario import ConfigError
 
 __all__ = ["main", "build_parser"]
 
 EPILOG = "Scenario keys: docs/scenario-keys.md. Results: docs/results.md."
 #: Subcommands that live in their own modules (each has add_parser(subparsers) and main(args)).
-SUBCOMMAND_MODULES = ("simulations.report", "simulations.sweep", "simulations.compare", "simulations.resume")
+SUBCOMMAND_MODULES = ("simulations.analysis.report", "simulations.run.sweep", "simulations.analysis.compare", "simulations.run.resume")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -37,9 +37,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from simulations.progress import Progress
-    from simulations.results import new_run_dir
-    from simulations.runner import load_config, preflight, run_config
+    from simulations.run.progress import Progress
+    from simulations.store.results import new_run_dir
+    from simulations.run.scenario import load_config, preflight, run_config
 
     cfg, _ = load_config(args.scenario, args.overrides)
     for w in preflight(cfg):
@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if not args.no_report:
         try:
-            from simulations.report import write_report
+            from simulations.analysis.report import write_report
 
             print(f"report: {write_report(run_dir)}")
         except ImportError:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     except KeyboardInterrupt:
-        from simulations.engine import shutdown_ray
+        from simulations.run.engine import shutdown_ray
 
         shutdown_ray()
         print("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fleet.config_schema import SECTIONS, key_of
+from fleet.config.schema import SECTIONS, key_of
 
 __all__ = ["render"]
 
@@ -31,7 +31,7 @@ def _range(m: dict) -> str:
 
 def render() -> str:
     lines = ["# Scenario keys", "",
-             "Every key a scenario may set, generated from `fleet/config_schema.py` (`fleet keys` prints it).",
+             "Every key a scenario may set, generated from `fleet/config/schema.py` (`fleet keys` prints it).",
              "Unknown keys, wrong types and out-of-range values stop the run before Ray starts, with one line",
              "naming the key and exit code 2. Tables (`devices.profiles`, `devices.custom`, `strategy.options`)",
              "take `name = value` entries.", ""]

@@ -21,19 +21,19 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
-from fleet.bnstats import has_batchnorm, reestimate_bn
-from fleet.config import ScenarioConfig, parse_config
+from fleet.model.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.model.bnstats import has_batchnorm, reestimate_bn
+from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import BN_REFRESH_SAMPLES, codec_for
-from fleet.fleetdata import fleet_data, test_subset
+from fleet.data.splits import fleet_data, test_subset
 from fleet.quant.convert import init_quantizers
-from fleet.reference import reference_model, save_atomic
-from fleet.train import evaluate
-from simulations.checkpoint import (CheckpointError, config_hash, fleet_part, inner_part, latest_checkpoint,
+from fleet.model.reference import reference_model, save_atomic
+from fleet.train.loop import evaluate
+from simulations.store.checkpoint import (CheckpointError, config_hash, fleet_part, inner_part, latest_checkpoint,
                                     restore_object_state, save_checkpoint)
-from simulations.deploy import export_deployable, write_qgt_report
-from simulations.results import RunDir, new_run_dir
-from simulations.stream_phase import run_stream_phase
+from simulations.store.deploy import export_deployable, write_qgt_report
+from simulations.store.results import RunDir, new_run_dir
+from simulations.run.continual import run_stream_phase
 from strategies.fleet import FleetStrategy, is_eval_round
 from strategies.loader import load_strategy
 

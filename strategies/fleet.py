@@ -29,12 +29,12 @@ from flwr.serverapp.strategy import Strategy
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.assembly import needs_reference
-from fleet.codecs import Codec
-from fleet.config import ScenarioConfig
-from fleet.hardware import availability_model, catalogue, device_profiles
-from fleet.lr_schedule import round_window
-from fleet.profiles import nearest_bits
+from fleet.model.assembly import needs_reference
+from fleet.quant.codecs import Codec
+from fleet.config.scenario import ScenarioConfig
+from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
+from fleet.train.schedule import round_window
+from fleet.hardware.profiles import nearest_bits
 from fleet.quant.convert import QuantInfo, QuantSpec
 from strategies.guard import screen_updates
 from strategies.sampling import draw_faults, sample_devices

@@ -179,7 +179,7 @@ def assert_readable_png(path: Path) -> None:
 
 
 def fake_run(scenario: str, overrides: dict[str, str], out_dir: Path) -> None:
-    """A stand-in for ``simulations.runner.run_scenario``: writes a synthetic run.
+    """A stand-in for ``simulations.run.scenario.run_scenario``: writes a synthetic run.
 
     Accuracy grows with ``coreset.fraction`` and is higher for method ``acs``, so the
     comparison figures have something to show. Module-level so a spawn pool can pickle it.

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleet.config import parse_config
-from fleet.config_schema import ConfigError
-from fleet.models import build_model
+from fleet.config.scenario import parse_config
+from fleet.config.schema import ConfigError
+from fleet.model.architectures import build_model
 from fleet.quant.convert import quant_layers, quantize_model
 from fleet.quant.quantizers import LsqQuantizer
 from fleet.quant.signs import relu_fed_layers, resolve_act_signed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fleet.availability import AvailabilityModel, AvailabilitySpec, availability_from_dict
+from fleet.hardware.availability import AvailabilityModel, AvailabilitySpec, availability_from_dict
 
 MARKOV = AvailabilitySpec("markov", p_on_to_off=0.2, p_off_to_on=0.1, p_dropout=0.0)
 

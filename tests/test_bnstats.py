@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.bnstats import has_batchnorm, reestimate_bn
+from fleet.model.bnstats import has_batchnorm, reestimate_bn
 
 
 def _model(momentum: float = 0.1) -> nn.Sequential:

@@ -12,10 +12,10 @@ import pytest
 import torch
 import tomli_w
 
-from fleet.config import defaults, unflatten
-from fleet.config_schema import ConfigError
-from fleet.devicestate import load_device_state, save_device_state
-from simulations.checkpoint import (
+from fleet.config.scenario import defaults, unflatten
+from fleet.config.schema import ConfigError
+from fleet.state import load_device_state, save_device_state
+from simulations.store.checkpoint import (
     CheckpointError,
     capture_object_state,
     config_hash,
@@ -23,7 +23,7 @@ from simulations.checkpoint import (
     restore_object_state,
     save_checkpoint,
 )
-from simulations.resume import check_resumable
+from simulations.run.resume import check_resumable
 
 
 class _Inner:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rundir_factory import assert_readable_png, base_config, write_run
 
-from simulations.compare import (
+from simulations.analysis.compare import (
     add_parser,
     compare_runs,
     expand_run_dirs,
@@ -16,7 +16,7 @@ from simulations.compare import (
     result_from_run,
     varying_keys,
 )
-from simulations.rundir import load_run
+from simulations.store.rundir import load_run
 
 
 def _runs(root: Path) -> list[Path]:

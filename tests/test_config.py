@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fleet.config import (
+from fleet.config.scenario import (
     ConfigError,
     check_override,
     defaults,
@@ -77,7 +77,7 @@ def test_malformed_config_gives_exact_one_line_message(flat: dict[str, Any], mes
     assert str(info.value).startswith(info.value.key + ": ")
 
 
-# BUG (fleet/config.py, parse_config, line ~119): "strategy.options" is also a dataclass field of
+# BUG (fleet/config/scenario.py, parse_config, line ~119): "strategy.options" is also a dataclass field of
 # StrategyConfig, so the `if key in known` branch type-checks the string against `tuple` before the
 # "k=v,k=v" string form (_options) or the empty placeholder (`key in TABLE_KEYS and raw in ("", {})`)
 # is reached. Any string value is rejected with "strategy.options: must be <class 'tuple'>, got '...'".

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.quant import convert
 from fleet.quant.convert import (
     QConv2d,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from whole_run import assert_one_line_error
 
-from fleet.config import ConfigError
+from fleet.config.scenario import ConfigError
 from simulations.cli import main
-from simulations.runner import load_config, preflight
+from simulations.run.scenario import load_config, preflight
 
 SCENARIO = "quickstart"  # digits + mlp: no files needed
 METHODS = "full, random, evs, ds, res, acs, quarc, forgetting, moderate"

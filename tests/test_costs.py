@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from fleet.costs import (
+from fleet.hardware.costs import (
     RoundCost,
     apply_deadline,
     device_round_cost,
@@ -13,8 +13,8 @@ from fleet.costs import (
     round_time,
     truncate_cost,
 )
-from fleet.models import build_model
-from fleet.profiles import DeviceProfile
+from fleet.model.architectures import build_model
+from fleet.hardware.profiles import DeviceProfile
 
 
 @pytest.fixture

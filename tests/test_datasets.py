@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fleet.config_schema import ConfigError
-from fleet.datasets import load_dataset
+from fleet.config.schema import ConfigError
+from fleet.data.datasets import load_dataset
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

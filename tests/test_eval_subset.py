@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fleet.fleetdata import eval_subset
+from fleet.data.splits import eval_subset
 
 
 @pytest.mark.parametrize(("n", "limit"), [(5, 0), (5, 5), (5, 9), (0, 0), (0, 3)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.quant.convert import init_quantizers, quant_layers, quantize_model
 from fleet.quant.export import export_nbytes, export_quantized, load_exported, save_export
 

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fleet.config_schema import TrainConfig
+from fleet.config.schema import TrainConfig
 from fleet.coreset.budget import top_k
 from fleet.coreset.forgetting import COUNT, LEARNED, PREV, ForgettingSelector, forgetting_scores
-from fleet.train import Schedule, train_local
+from fleet.train.loop import Schedule, train_local
 
 TC = TrainConfig(local_epochs=2, optimizer="sgd", momentum=0.0, kd=False)
 

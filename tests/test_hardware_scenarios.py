@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from fleet.config import ConfigError
-from fleet.hardware import device_profiles
+from fleet.config.scenario import ConfigError
+from fleet.hardware.catalogue import device_profiles
 from simulations.cli import main
-from simulations.runner import load_config, preflight
+from simulations.run.scenario import load_config, preflight
 
 BOARD = ['devices.custom.myboard.base="rpi4"', "devices.profiles.myboard=1.0"]
 

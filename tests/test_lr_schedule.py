@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import fleet.train
-from fleet.config_schema import TrainConfig
-from fleet.lr_schedule import lr_factor, progress, round_window
-from fleet.train import OPT_PREFIX, Schedule, load_optimizer_state, optimizer_state, train_local
+import fleet.train.loop
+from fleet.config.schema import TrainConfig
+from fleet.train.schedule import lr_factor, progress, round_window
+from fleet.train.loop import OPT_PREFIX, Schedule, load_optimizer_state, optimizer_state, train_local
 
 # --- lr_factor, progress, round_window -------------------------------------------------------
 
@@ -89,7 +89,7 @@ def _record_rates(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     def make(model: nn.Module, tc: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
         return RecordingSGD(model.parameters(), lr=tc.lr if lr is None else lr, momentum=tc.momentum)
 
-    monkeypatch.setattr(fleet.train, "make_optimizer", make)
+    monkeypatch.setattr(fleet.train.loop, "make_optimizer", make)
     return rates
 
 
@@ -146,7 +146,7 @@ def test_every_param_group_is_scaled_from_its_own_base_rate() -> None:
             return self.fc(x * self.act_quant.step)
 
     seen: list[list[float]] = []
-    real = fleet.train.make_optimizer
+    real = fleet.train.loop.make_optimizer
 
     def make(model: nn.Module, tc: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
         opt = real(model, tc, lr)
@@ -157,7 +157,7 @@ def test_every_param_group_is_scaled_from_its_own_base_rate() -> None:
     x, y = _data()
     tc = TrainConfig(local_epochs=2, optimizer="sgd", momentum=0.0, kd=False, act_step_lr_scale=0.5)
     mp = pytest.MonkeyPatch()
-    mp.setattr(fleet.train, "make_optimizer", make)
+    mp.setattr(fleet.train.loop, "make_optimizer", make)
     try:
         # Execute
         train_local(WithStep(), x, y, tc, gen=torch.Generator().manual_seed(0), batch_size=10,

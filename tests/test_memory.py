@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.memory import (
+from fleet.hardware.memory import (
     apply_memory_policy,
     estimate_peak_memory,
     fit_batch_size,
     profile_activations,
 )
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 
 MIB = 2**20
 

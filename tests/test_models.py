@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fleet.models import MODELS, block_names, build_model, count_parameters
+from fleet.model.architectures import MODELS, block_names, build_model, count_parameters
 
 CASES = [
     ("mlp", (1, 8, 8)),

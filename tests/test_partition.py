@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import fleet.fleetdata as fleetdata
-from fleet.config import parse_config
-from fleet.fleetdata import device_data, fleet_data
-from fleet.partition import label_histograms, partition
+import fleet.data.splits as fleetdata
+from fleet.config.scenario import parse_config
+from fleet.data.splits import device_data, fleet_data
+from fleet.data.partition import label_histograms, partition
 
 Y = np.repeat(np.arange(10), 100)  # 10 balanced classes, 1000 samples
 
@@ -188,7 +188,7 @@ def test_test_subset_is_class_mixed_and_fixed() -> None:
     # Prepare: a test set stored grouped by class (as the CIFAR-10 JPEG copy is)
     import torch
 
-    from fleet.fleetdata import test_subset
+    from fleet.data.splits import test_subset
 
     y = torch.arange(10).repeat_interleave(100)  # (1000,) 0..0, 1..1, ...
     x = torch.arange(1000).float()

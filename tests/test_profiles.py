@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from fleet.availability import AvailabilitySpec
-from fleet.profiles import (
+from fleet.hardware.availability import AvailabilitySpec
+from fleet.hardware.profiles import (
     PROFILES,
     DeviceProfile,
     assign_profiles,

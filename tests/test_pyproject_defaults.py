@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 
-from fleet.config import defaults, flatten, parse_config
-from fleet.profiles import PROFILES
+from fleet.config.scenario import defaults, flatten, parse_config
+from fleet.hardware.profiles import PROFILES
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 PROFILE_PREFIX = "devices.profiles."

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.qcore.bfn import BFNSet, build_bfn, capture_inputs, fit_bfns
 from fleet.qcore.calibrate import CalibrationContext, forward_flops, record_flip_pairs
 from fleet.qcore.quant import QConv2d, QLinear, code_range, qcore_layers, to_qcore

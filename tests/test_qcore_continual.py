@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.qcore.continual import ContinualConfig, deploy, run_device_stream
 from fleet.qcore.quant import qcore_layers, to_qcore
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.qcore.quant import (
     ActQuant,
     QConv2d,

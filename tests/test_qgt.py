@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.qgt import bottleneck_report, qgt_lambda, qgt_penalty, qgt_regularizer
+from fleet.train.qgt import bottleneck_report, qgt_lambda, qgt_penalty, qgt_regularizer
 
 FORMS = ("sqdist", "sin2", "sqdist-clip")
 
@@ -114,7 +114,7 @@ def test_bottleneck_report_ranks_off_grid_layer_first() -> None:
 
 def test_regularizer_on_a_real_quantized_model() -> None:
     convert = pytest.importorskip("fleet.quant.convert")
-    from fleet.models import build_model
+    from fleet.model.architectures import build_model
 
     torch.manual_seed(0)
     qm = convert.quantize_model(

@@ -13,10 +13,10 @@ import pytest
 from whole_run import assert_one_line_error
 from safetensors.torch import save_file
 
-from fleet.config import ConfigError
-from fleet.models import build_model
+from fleet.config.scenario import ConfigError
+from fleet.model.architectures import build_model
 from simulations.cli import main
-from simulations.runner import load_config, preflight
+from simulations.run.scenario import load_config, preflight
 
 SCENARIO = "w2a2-digits"
 BITS_HINT = "2, 3, 4, 5, 6, 7, 8, 32"

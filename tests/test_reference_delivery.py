@@ -6,12 +6,12 @@ from flwr.app import ConfigRecord
 from mock_replies import FakeGrid, arrays_record, server_identity
 
 from fleet import protocol as P
-from fleet.assembly import needs_reference, state_arrays, trainable_model
-from fleet.codecs import build_codec
-from fleet.config import parse_config
+from fleet.model.assembly import needs_reference, state_arrays, trainable_model
+from fleet.quant.codecs import build_codec
+from fleet.config.scenario import parse_config
 from fleet.device import run_device_round
-from fleet.fleetdata import fleet_data
-from fleet.models import build_model
+from fleet.data.splits import fleet_data
+from fleet.model.architectures import build_model
 from strategies.fleet import FleetStrategy
 from strategies.registry import build_inner_strategy
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rundir_factory import assert_readable_png, png_size, write_run
 
-from simulations.plots_data import plot_continual, plot_partition, plot_qgt
-from simulations.plots_run import plot_accuracy_rounds
-from simulations.report import RUN_FIGURES, add_parser, main, render_markdown, write_report
-from simulations.rundir import RunDirError, load_run
+from simulations.analysis.plots.data import plot_continual, plot_partition, plot_qgt
+from simulations.analysis.plots.run import plot_accuracy_rounds
+from simulations.analysis.report import RUN_FIGURES, add_parser, main, render_markdown, write_report
+from simulations.store.rundir import RunDirError, load_run
 
 
 @pytest.fixture(scope="module")

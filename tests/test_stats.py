@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from simulations.stats import T975, format_ci, mean_ci95, t_quantile_975
+from simulations.analysis.stats import T975, format_ci, mean_ci95, t_quantile_975
 
 
 def test_five_values_by_hand() -> None:

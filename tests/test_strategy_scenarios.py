@@ -14,9 +14,9 @@ import pytest
 from whole_run import run_flat
 from flwr.serverapp.strategy import FedAvg
 
-from fleet.config import ConfigError
+from fleet.config.scenario import ConfigError
 from simulations.cli import main
-from simulations.runner import load_config, preflight
+from simulations.run.scenario import load_config, preflight
 from strategies.loader import load_strategy
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "custom_strategy"

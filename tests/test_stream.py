@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.config import ConfigError, parse_config
+from fleet.config.scenario import ConfigError, parse_config
 from simulations.cli import main as cli_main
-from simulations.runner import load_config, preflight, run_config
+from simulations.run.scenario import load_config, preflight, run_config
 
 
 @pytest.mark.parametrize(("sets", "key"), [

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from rundir_factory import assert_readable_png, fake_run
 
-from simulations.compare import METRICS
-from simulations.sweep import (
+from simulations.analysis.compare import METRICS
+from simulations.run.sweep import (
     SweepResult,
     add_parser,
     csv_columns,
@@ -122,7 +122,7 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 
 
 def _validate(key: str, text: str) -> None:
-    """A fake fleet.config.check_override: two known keys, one numeric."""
+    """A fake fleet.config.scenario.check_override: two known keys, one numeric."""
     if key not in ("coreset.method", "coreset.fraction"):
         raise ValueError(f"{key}: unknown key (valid keys: coreset.method, coreset.fraction)")
     if key == "coreset.fraction":
@@ -177,9 +177,9 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 def test_main_uses_runner_and_real_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    # Prepare: simulations.runner may not exist yet; install a fake module.
+    # Prepare: simulations.run.scenario may not exist yet; install a fake module.
     runner = CountingRunner()
-    monkeypatch.setitem(sys.modules, "simulations.runner",
+    monkeypatch.setitem(sys.modules, "simulations.run.scenario",
                         types.SimpleNamespace(run_scenario=runner))
     # Execute
     ok = main(_cli(["sweep", "quick", "--grid", "coreset.fraction=0.1,0.5", "--seeds", "1",

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fleet.config import ConfigError, parse_config
-from simulations.runner import load_config, preflight, run_config
+from fleet.config.scenario import ConfigError, parse_config
+from simulations.run.scenario import load_config, preflight, run_config
 
 
 def run_flat(flat: Mapping[str, Any], out: Path, name: str) -> tuple[dict, list[dict], list[dict]]:

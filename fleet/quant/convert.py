@@ -7,7 +7,7 @@ parameters keep lining up with the quantized copy.
 
 Examples
 --------
->>> from fleet.models import build_model
+>>> from fleet.model.architectures import build_model
 >>> fp = build_model("cnn", in_shape=(1, 8, 8), num_classes=10)
 >>> q = quantize_model(fp, weight_bits=4, act_bits=4)
 >>> sorted(quant_layers(q))  # conv1 (first layer) and classifier stay float

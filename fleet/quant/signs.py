@@ -9,7 +9,7 @@ tensor non-negative (pooling, flatten, reshape, dropout, identity) reaches a ReL
 
 Examples
 --------
->>> from fleet.models import build_model
+>>> from fleet.model.architectures import build_model
 >>> sorted(relu_fed_layers(build_model("cnn", (1, 8, 8), 10)))
 ['classifier', 'conv2', 'conv3']
 >>> resolve_act_signed("auto", "conv1", {"conv2"}), resolve_act_signed("auto", "conv2", {"conv2"})

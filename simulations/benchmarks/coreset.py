@@ -31,15 +31,15 @@ from typing import Any
 
 import torch
 
-from fleet.assembly import trainable_model
-from fleet.config import ScenarioConfig, parse_config
-from fleet.fleetdata import device_data, fleet_data, test_subset
-from fleet.losses import FeatureTaps, clc_loss, kd_loss
+from fleet.model.assembly import trainable_model
+from fleet.config.scenario import ScenarioConfig, parse_config
+from fleet.data.splits import device_data, fleet_data, test_subset
+from fleet.train.losses import FeatureTaps, clc_loss, kd_loss
 from fleet.quant.convert import init_quantizers
 from simulations.benchmarks.coreset_data import BenchData, load_reference, prepare
 from simulations.benchmarks.coreset_fed import run_fed
 from simulations.benchmarks.coreset_single import run_single
-from simulations.stats import format_ci, mean_ci95
+from simulations.analysis.stats import format_ci, mean_ci95
 
 OUT = Path(__file__).parent / "results" / "coreset.json"
 BITS = (2, 4)

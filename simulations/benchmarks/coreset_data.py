@@ -10,7 +10,7 @@ loader reads (``data.dataset = "npz"``), under ``<cache>/bench-coreset/<name>/``
 The original training set is split once (fixed RNG, stratified) into a
 *pretraining* part P and a *benchmark* part B, disjoint. The float reference
 (``cnn``) is pretrained on P only (Adam, batch 64, the recipe of
-``fleet.reference``) and saved as a safetensors checkpoint that every run loads via
+``fleet.model.reference``) and saved as a safetensors checkpoint that every run loads via
 ``model.checkpoint``, so one reference serves all seeds and no device sample was
 ever seen by it. B is the whole training set the runs see (``data.public-fraction
 = 0``). Deviation: P is standardised by its own mean/std while B by B's; both are
@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from fleet.config import parse_config
-from fleet.datasets import load_dataset
-from fleet.models import build_model
-from fleet.reference import cache_dir, pretrain, save_atomic
-from fleet.train import evaluate
+from fleet.config.scenario import parse_config
+from fleet.data.datasets import load_dataset
+from fleet.model.architectures import build_model
+from fleet.model.reference import cache_dir, pretrain, save_atomic
+from fleet.train.loop import evaluate
 from simulations.benchmarks.common import SHARED_DATA
 
 __all__ = ["BenchData", "prepare", "load_reference"]
@@ -64,7 +64,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             out += [np.round(x).astype(np.uint8), d["labels"].astype(np.int64)]
         return out[0], out[1], out[2], out[3]
     # The loader's raw decode (uint8 NHWC); the npz loader re-standardises B by its own stats.
-    from fleet.datasets import _read_npz  # noqa: PLC0415 - reuse the decoder rather than copy it
+    from fleet.data.datasets import _read_npz  # noqa: PLC0415 - reuse the decoder rather than copy it
 
     x_tr, y_tr = _read_npz(src / "cifar10_jpeg_train.npz")
     x_te, y_te = _read_npz(src / "cifar10_jpeg_test.npz")

@@ -4,11 +4,11 @@
 ``federation.devices-per-round`` devices per round; each selects its coreset from
 its own Dirichlet share with the received global model, trains one local epoch
 (KD, CLC when on) and uploads; FedAvg aggregates. ``final_accuracy`` is the
-deployed integer model's test accuracy (``simulations.deploy``). Selection cost is
+deployed integer model's test accuracy (``simulations.store.deploy``). Selection cost is
 a COMPUTE SHARE from devices.jsonl, not wall time:
 ``scoring_passes / (scoring_passes + 3 * train_samples + teacher_passes)``, counting
 a training sample as 3 forward-equivalents (forward + backward ~ 2 forwards), the
-convention of ``fleet.costs``.
+convention of ``fleet.hardware.costs``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.config import ScenarioConfig
-from simulations.runner import preflight, run_config
+from fleet.config.scenario import ScenarioConfig
+from simulations.run.scenario import preflight, run_config
 
 __all__ = ["FedResult", "run_fed", "selection_share"]
 

@@ -1,7 +1,7 @@
 """Setting (a) of the coreset benchmark: one device holding all the data (the papers' setting).
 
 In-process, no Flower: the device's own code path (``fleet.coreset.persistence.
-select_or_reuse`` + ``fleet.train.train_local``, exactly what ``fleet.device.
+select_or_reuse`` + ``fleet.train.loop.train_local``, exactly what ``fleet.device.
 run_device_round`` calls) driven for ``T`` epochs. Epoch ``t`` = one call with
 ``train.local-epochs = 1``; selection is due at ``t % R == 0`` and the QuaRC/ACS
 schedule sees ``(t, T)``. The model starts as the pretrained float reference
@@ -21,19 +21,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from fleet.assembly import trainable_model
-from fleet.config import ScenarioConfig
+from fleet.model.assembly import trainable_model
+from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
 from fleet.device import clc_layer_names
-from fleet.fleetdata import device_data, fleet_data
+from fleet.data.splits import device_data, fleet_data
 from fleet.quant.convert import init_quantizers
 from fleet.quant.export import export_quantized, load_exported
-from fleet.bnstats import has_batchnorm, reestimate_bn
+from fleet.model.bnstats import has_batchnorm, reestimate_bn
 from fleet.device import BN_REFRESH_SAMPLES
-from fleet.lr_schedule import round_window
-from fleet.train import Schedule, evaluate, train_local
+from fleet.train.schedule import round_window
+from fleet.train.loop import Schedule, evaluate, train_local
 
 __all__ = ["SingleResult", "run_single"]
 

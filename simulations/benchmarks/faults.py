@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from simulations.benchmarks.common import write_result
-from simulations.runner import load_config, preflight, run_config
-from simulations.stats import mean_ci95
+from simulations.run.scenario import load_config, preflight, run_config
+from simulations.analysis.stats import mean_ci95
 
 
 def _one(overrides: dict, out: Path) -> dict:

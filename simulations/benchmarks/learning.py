@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from simulations.benchmarks.common import RESULTS, SHARED_DATA, machine
-from simulations.stats import format_ci, mean_ci95
+from simulations.analysis.stats import format_ci, mean_ci95
 
 __all__ = ["CELLS", "cell_config", "main", "table"]
 
@@ -84,8 +84,8 @@ def cell_config(cell: str, seed: int, data: dict[str, Any], quick: bool = False)
 
 def _project(flat: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Run one scenario through the real path; accuracy per round and the reference's."""
-    from fleet.config import parse_config
-    from simulations.runner import preflight, run_config
+    from fleet.config.scenario import parse_config
+    from simulations.run.scenario import preflight, run_config
 
     cfg = parse_config(flat, name="bench-learning")
     preflight(cfg)
@@ -98,9 +98,9 @@ def _project(flat: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def _anchor(flat: dict[str, Any]) -> dict[str, Any]:
     """The same recipe as a plain PyTorch loop, from the project's data split and the same float reference."""
-    from fleet.config import parse_config
-    from fleet.fleetdata import fleet_data, test_subset
-    from fleet.reference import reference_model
+    from fleet.config.scenario import parse_config
+    from fleet.data.splits import fleet_data, test_subset
+    from fleet.model.reference import reference_model
     from simulations.benchmarks import plain_loops as plain
 
     cfg = parse_config(flat, name="bench-learning")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.quant.convert import init_quantizers, quantize_model
 
 CASES: list[tuple[str, tuple[int, int, int]]] = [("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32))]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fleet.models import build_model
+from fleet.model.architectures import build_model
 from fleet.qcore.continual import ContinualConfig, Deployment, deploy, run_device_stream
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording, update_core
 from fleet.qcore.quant import to_qcore

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from simulations.stats import format_ci, mean_ci95
+from simulations.analysis.stats import format_ci, mean_ci95
 from simulations.benchmarks.common import SHARED_DATA
 
 OUT = Path(__file__).parent / "results" / "quant.json"
@@ -87,8 +87,8 @@ QUICK_CODECS = ("fp32", "qweights")
 
 def run_one(flat: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Preflight and run one scenario; returns summary fields plus its rounds."""
-    from fleet.config import parse_config
-    from simulations.runner import preflight, run_config
+    from fleet.config.scenario import parse_config
+    from simulations.run.scenario import preflight, run_config
 
     cfg = parse_config(flat, name="bench-quant")
     preflight(cfg)

@@ -85,8 +85,8 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
         data = json.loads(timing.read_text())
         walls, acc = data["round_wall_s"], data["accuracy"][-1]
     else:
-        from fleet.config import parse_config
-        from simulations.runner import preflight, run_config
+        from fleet.config.scenario import parse_config
+        from simulations.run.scenario import preflight, run_config
 
         cfg = parse_config(edgefleet_flat(case, devices, per_round, rounds, epochs, seed), name=case)
         preflight(cfg)

@@ -65,8 +65,8 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fleet.config import ScenarioConfig, parse_config
-from simulations.stats import format_ci, mean_ci95
+from fleet.config.scenario import ScenarioConfig, parse_config
+from simulations.analysis.stats import format_ci, mean_ci95
 from simulations.benchmarks.common import SHARED_DATA
 from strategies.sampling import draw_faults, sample_devices
 
@@ -170,7 +170,7 @@ class LocalGrid(Grid):
 @contextmanager
 def _memo_reference() -> Iterator[None]:
     """Compute each recipe's float reference (and its full-test-set accuracy) once per process."""
-    from fleet import reference as ref
+    from fleet.model import reference as ref
     from simulations import server_app
 
     memo: dict[str, tuple] = {}

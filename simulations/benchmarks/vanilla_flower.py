@@ -1,6 +1,6 @@
 """A plain Flower app, the baseline of the scale benchmark: no edgefleet imports.
 
-The same MLP as ``fleet.models`` (64-128-64-10 on 8x8 digits), the same data
+The same MLP as ``fleet.model.architectures`` (64-128-64-10 on 8x8 digits), the same data
 (scikit-learn's digits, 75/25 stratified split, pixels / 16), an IID split over
 ``num_devices`` SuperNodes with each device keeping 80% of its share for
 training (as edgefleet's ``data.val-fraction = 0.2``), local Adam, and Flower's
@@ -34,7 +34,7 @@ __all__ = ["MLP", "digits_split", "make_client_app", "make_server_app", "run"]
 
 
 class MLP(nn.Module):
-    """Two hidden layers (128, 64), as ``fleet.models.MLP``."""
+    """Two hidden layers (128, 64), as ``fleet.model.architectures.MLP``."""
 
     def __init__(self, in_features: int = 64, num_classes: int = 10) -> None:
         super().__init__()

@@ -1,0 +1,270 @@
+"""The scenario keys: one frozen dataclass per section, with help, type and range.
+
+Each field's metadata carries its help text and its check; the kebab-case key is
+``<section>.<field-name-with-dashes>``. Defaults here are the defaults of every run;
+``pyproject.toml``'s ``[tool.flwr.app.config]`` mirrors them (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet.train.schedule import LR_SCHEDULES, LR_SCOPES
+
+BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+class ConfigError(ValueError):
+    """A bad scenario value; ``str(err)`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+def opt(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
+        kind: type | tuple[type, ...] | None = None) -> Any:
+    """A config field with its help and constraints."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
+            "kind": kind if kind is not None else type(default)}
+    if isinstance(default, (dict, list, tuple)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def key_of(section: str, name: str) -> str:
+    return f"{section}.{name.replace('_', '-')}"
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(_type_name(k) for k in kind)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))
+
+
+def check_value(key: str, raw: Any, f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
+    """Type-check and range-check one raw value against its field; returns the typed value."""
+    m = f.metadata
+    kind = m["kind"]
+    v = raw
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v) if int not in kinds else v
+    ok = any(isinstance(v, k) and not (k is not bool and isinstance(v, bool)) for k in kinds)
+    if not ok:
+        raise ConfigError(key, f"must be {_type_name(kind)}, got {raw!r}")
+    if m["choices"] is not None and v not in m["choices"]:
+        valid = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in m["choices"])
+        raise ConfigError(key, f"must be one of {valid}; got {raw!r}")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        for bound, test, word in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                                  ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+            b = m[bound]
+            if b is not None and not test(v, b):
+                raise ConfigError(key, f"must be {word} {b:g}, got {raw!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_devices: int = opt(100, "number of simulated devices (Flower SuperNodes)", ge=1)
+    devices_per_round: int = opt(10, "devices sampled per round", ge=1)
+    rounds: int = opt(5, "federated rounds", ge=1)
+    seed: int = opt(0, "seed of every random choice in the run", ge=0)
+    round_timeout_s: float = opt(600.0, "wall seconds the server waits for a round's replies", gt=0)
+    eval_every: int = opt(1, "central and on-device evaluation every N rounds (the last round always)", ge=1)
+    device_eval_limit: int = opt(0, "on-device evaluation samples: a fixed random subset of the device's "
+                                 "held-out split (0 = all)", ge=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = opt("digits", "dataset", choices=("digits", "mnist", "fashion-mnist", "cifar10", "npz"))
+    root: str = opt("", "folder of the dataset files (torchvision layout or npz files)")
+    name: str = opt("", "npz file prefix: <root>/<name>_train.npz (default: the folder's only pair)")
+    download: bool = opt(False, "let torchvision download the dataset into data.root")
+    partition: str = opt("dirichlet", "how devices' data is split",
+                         choices=("iid", "dirichlet", "shards", "quantity"))
+    alpha: float = opt(0.5, "Dirichlet concentration (label skew; smaller is more skewed)", gt=0)
+    shards_per_device: int = opt(2, "classes per device for partition = shards", ge=1)
+    quantity_sigma: float = opt(1.0, "log-normal sigma of device sizes for partition = quantity", gt=0)
+    min_partition_size: int = opt(4, "smallest number of training samples a device may hold", ge=1)
+    val_fraction: float = opt(0.2, "share of each device's data kept for on-device evaluation", ge=0, lt=1)
+    public_fraction: float = opt(0.1, "share of the training set held out from devices for central pretraining",
+                                 ge=0, lt=1)
+    test_limit: int = opt(0, "central test samples per evaluation: a fixed random subset (0 = all)", ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = opt("mlp", "architecture", choices=("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v2"))
+    checkpoint: str = opt("", "float reference checkpoint (safetensors); empty = pretrain centrally")
+    pretrain_epochs: int = opt(20, "epochs of central pretraining on the public split", ge=0)
+    pretrain_lr: float = opt(0.003, "learning rate of central pretraining (peak rate for sgd's one-cycle)", gt=0)
+    pretrain_data: str = opt("public", "what the float reference is trained on: the public split, or the whole "
+                             "training set ('train', the papers' protocol for one device)", choices=("public", "train"))
+    pretrain_optimizer: str = opt("adam", "pretraining optimizer: adam with cosine decay, or sgd (Nesterov 0.9, "
+                                  "weight decay 5e-4) with a one-cycle schedule", choices=("adam", "sgd"))
+    pretrain_batch_size: int = opt(64, "pretraining batch size", ge=1)
+    pretrain_augment: str = opt("auto", "pretraining augmentation: 'auto' = random crop (pad 4) and horizontal "
+                                "flip for 32x32 colour images, none otherwise", choices=("auto", "none", "flip-crop"))
+    cache_dir: str = opt("", "cache for pretrained references (default: ~/.cache/edgefleet)")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = opt(32, "weight bits (32 = float)", choices=BITS)
+    act_bits: int = opt(32, "activation bits (32 = float)", choices=BITS)
+    per_channel: bool = opt(False, "per-output-channel weight step sizes")
+    act_signed: Any = opt("auto", "activation range: 'auto' = unsigned [0, 2^b-1] after ReLU/ReLU6, signed "
+                          "elsewhere (docs/quantization.md); true = signed everywhere, as ACS's code; false = unsigned",
+                          choices=("auto", True, False), kind=(str, bool))
+    weights_only: bool = opt(False, "quantize weights only (as the papers do for MobileNetV2)")
+    keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
+                       "classifier, downsample convs; 'none')")
+    codec: str = opt("fp32", "what devices upload",
+                     choices=("fp32", "fp16", "delta-int8", "delta-int4", "qweights"))
+    codec_per_channel: bool = opt(False, "per-channel scales for delta codecs")
+
+
+@dataclass(frozen=True)
+class CoresetConfig:
+    method: str = opt("full", "coreset selector", choices=(
+        "full", "random", "evs", "ds", "res", "acs", "quarc", "forgetting", "moderate"))
+    fraction: float = opt(1.0, "share of local data in the coreset", gt=0, le=1)
+    reselect_every: int = opt(1, "re-select every N rounds of the device's own participation", ge=1)
+    balanced: bool = opt(True, "class-balanced top-k (false: global top-k)")
+    score_norm: str = opt("none", "normalise each score before mixing (none = the paper)",
+                          choices=("none", "rank", "zscore"))
+    schedule: str = opt("paper", "EVS/DS weight schedule", choices=(
+        "paper", "code", "linear", "quadratic", "sqrt", "evs-only", "ds-only"))
+    redraw: bool = opt(False, "random: re-draw at each re-selection (false: drawn once)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int = opt(1, "local epochs per round", ge=1)
+    lr: float = opt(0.005, "local learning rate", gt=0)
+    batch_size: int = opt(32, "local batch size", ge=1)
+    optimizer: str = opt("adam", "local optimizer", choices=("sgd", "adam"))
+    lr_schedule: str = opt("cosine", "learning-rate schedule of a training job", choices=LR_SCHEDULES)
+    lr_scope: str = opt("run", "what one schedule covers: 'run' = all rounds (the server sends each round its "
+                        "share of the run), 'round' = each round's local training", choices=LR_SCOPES)
+    optimizer_state: str = opt("round", "optimizer state: 'round' = fresh each round (FedAvg), 'device' = "
+                               "kept on the device between its rounds", choices=("round", "device"))
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = opt(0.0, "weight decay on conv/linear weights", ge=0)
+    act_step_lr_scale: float = opt(1.0, "learning rate of activation step sizes as a share of train.lr "
+                                   "(ACS's code: 0.1, which at small budgets leaves them at their initial value)", gt=0)
+    bn_refresh: bool = opt(True, "after local training, re-estimate BatchNorm running statistics with the trained "
+                           "model on (up to 2048 of) the samples it trained on (docs/quantization.md)")
+    kd: bool = opt(True, "distil from the float reference when the model is quantized (soft CE, T = 1)")
+    clc_beta: Any = opt(0.0, "CLC weight beta (0 = off; 'auto' = beta*L_CLC equals clc-auto-ratio*L_KD)",
+                        kind=(float, str))
+    clc_auto_ratio: float = opt(0.5, "target L_CLC share of L_KD for clc-beta = 'auto'", gt=0)
+    clc_layers: str = opt("all", "comma-separated block names to correct ('all' = every block)")
+    clc_mapping: str = opt("flat-softmax", "feature map to distribution",
+                           choices=("flat-softmax", "channel-softmax"))
+    qgt_lambda: float = opt(0.0, "QGT grid-attraction weight (0 = off)", ge=0)
+    qgt_form: str = opt("sqdist", "QGT penalty form", choices=("sqdist", "sin2", "sqdist-clip"))
+    qgt_warmup: float = opt(0.1, "share of local steps over which lambda ramps up", ge=0, le=1)
+
+    def __post_init__(self) -> None:
+        b = self.clc_beta
+        if isinstance(b, str) and b != "auto":
+            raise ConfigError("train.clc-beta", f"must be a number >= 0 or 'auto', got {b!r}")
+        if not isinstance(b, str) and b < 0:
+            raise ConfigError("train.clc-beta", f"must be >= 0, got {b!r}")
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    profiles: tuple[tuple[str, float], ...] = opt((("rpi4", 1.0),), "profile mix (table name = weight)",
+                                                  kind=tuple)
+    custom: dict[str, Any] = opt({}, "user profiles: [devices.custom.<name>] tables", kind=dict)
+    availability: str = opt("always", "who is online", choices=("always", "profile"))
+    deadline_s: float = opt(0.0, "simulated seconds a device has per round (0 = no deadline)", ge=0)
+    straggler_policy: str = opt("drop", "late devices are dropped or cut to the work that fits",
+                                choices=("drop", "cut"))
+    over_selection: float = opt(1.0, "sample this many times devices-per-round, keep the first to finish",
+                                ge=1)
+    memory_policy: str = opt("fail", "over the memory budget: fail as OOM or shrink the batch",
+                             choices=("fail", "shrink-batch"))
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = opt("fedavg", "built-in strategy or import path package.module:Class")
+    options: tuple[tuple[str, Any], ...] = opt((), "keyword arguments of the strategy", kind=tuple)
+    weight_by: str = opt("local-data", "aggregation weight", choices=("local-data", "coreset"))
+    bn_stats: str = opt("public", "BatchNorm running statistics of the global model: 'average' (FedAvg of the "
+                        "devices'), or 'public' (re-estimated on the server's public split after each aggregation; "
+                        "averaged when there is none)", choices=("average", "public"))
+    guard_norm_factor: float = opt(10.0, "reject updates whose norm exceeds this times the round median",
+                                   gt=1)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    num_cpus_per_device: float = opt(1.0, "CPUs Ray reserves per running device", gt=0)
+    num_gpus_per_device: float = opt(0.0, "GPUs Ray reserves per running device", ge=0)
+    num_cpus: int = opt(0, "CPUs Ray may use (0 = all)", ge=0)
+    address: str = opt("", "address of an existing Ray cluster to join (empty = start one)")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = opt("", "run directory (default runs/<scenario>/<timestamp>)")
+    keep_checkpoints: int = opt(2, "round checkpoints kept", ge=1)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    crash: float = opt(0.0, "per device-round probability of a crash mid-training", ge=0, le=1)
+    hang: float = opt(0.0, "probability of hanging past the round timeout", ge=0, le=1)
+    corrupt: float = opt(0.0, "probability of a corrupted update (NaN/Inf, wrong shape, huge norm)", ge=0, le=1)
+    stale: float = opt(0.0, "probability of silently sending the received model", ge=0, le=1)
+    corrupt_form: str = opt("any", "how a corrupted update is corrupted (any = one of the three at random)",
+                            choices=("any", "nan", "shape", "norm"))
+
+    def __post_init__(self) -> None:
+        total = self.crash + self.hang + self.corrupt + self.stale
+        if total > 1.0 + 1e-9:
+            raise ConfigError("faults", f"crash + hang + corrupt + stale must be <= 1, got {total:g}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    enabled: bool = opt(False, "after the federated phase, stream drifting data to every device (QCore)")
+    tasks: int = opt(10, "stream batches (tasks) per device", ge=1)
+    drift: str = opt("covariate", "kind of drift", choices=("covariate", "rotation", "noise", "contrast",
+                                                            "label", "both"))
+    core_size: int = opt(20, "QCore size", ge=1)
+    bits: int = opt(4, "bit-width of the deployed model during calibration", choices=(2, 3, 4, 5, 8))
+    calibration: str = opt("bfn", "on-device calibration", choices=(
+        "bfn", "backprop-qcore", "backprop-random", "none"))
+    devices: int = opt(0, "devices that run the stream (0 = all)", ge=0)
+    calibration_epochs: int = opt(10, "back-propagation epochs per stream batch (baselines, and what BFNs imitate)",
+                                  ge=0)
+    record_epochs: int = opt(10, "epochs of float training on the public split that record quantization misses",
+                             ge=1)
+
+
+SECTIONS: dict[str, type] = {
+    "federation": FederationConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "quant": QuantConfig,
+    "coreset": CoresetConfig,
+    "train": TrainConfig,
+    "devices": DevicesConfig,
+    "strategy": StrategyConfig,
+    "ray": RayConfig,
+    "output": OutputConfig,
+    "faults": FaultsConfig,
+    "stream": StreamConfig,
+}

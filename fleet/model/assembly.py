@@ -1,0 +1,86 @@
+"""Assemble the model a scenario trains: the float architecture, fake-quantized by surgery.
+
+Shared by the server (initial global model, evaluation, export) and the devices,
+so both always build the same module tree and state-dict keys.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from fleet.config.scenario import ScenarioConfig
+from fleet.config.schema import ConfigError
+from fleet.quant.convert import quant_info, quantize_model, set_initialized, split_state
+from fleet.quant.convert import QuantInfo
+
+__all__ = ["is_quantized", "needs_reference", "FP_SCORED_METHODS", "keep_fp_names", "trainable_model", "state_arrays", "load_arrays", "QuantInfo",
+           "model_quant_info"]
+
+
+def is_quantized(weight_bits: int, act_bits: int) -> bool:
+    return weight_bits < 32 or act_bits < 32
+
+
+FP_SCORED_METHODS = frozenset({"ds", "res", "acs", "quarc", "moderate"})  # selectors that run the FP model
+
+
+def needs_reference(cfg: ScenarioConfig, weight_bits: int, act_bits: int) -> bool:
+    """Whether a device training at these widths uses the float reference: as the teacher (KD at low
+    bits, CLC) or to score its coreset. A device that does not is never sent one."""
+    return ((is_quantized(weight_bits, act_bits) and cfg.train.kd) or cfg.train.clc_beta != 0.0
+            or cfg.coreset.method in FP_SCORED_METHODS)
+
+
+def keep_fp_names(cfg: ScenarioConfig, model: nn.Module) -> list[str] | None:
+    """``quant.keep-fp`` as module names (None = the papers' default set)."""
+    text = cfg.quant.keep_fp.strip()
+    if text == "default":
+        return None
+    if text in ("", "none"):
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    modules = dict(model.named_modules())
+    for n in names:
+        if n not in modules:
+            raise ConfigError("quant.keep-fp", f"no module named '{n}' in {cfg.model.arch}")
+    return names
+
+
+def trainable_model(cfg: ScenarioConfig, reference: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
+    """A fresh trainable copy of ``reference``, fake-quantized at the given widths (32 = float)."""
+    if not is_quantized(weight_bits, act_bits):
+        model = copy.deepcopy(reference)
+    else:
+        model = quantize_model(reference, weight_bits, act_bits, keep_fp=keep_fp_names(cfg, reference),
+                               weights_only=cfg.quant.weights_only, per_channel=cfg.quant.per_channel,
+                               act_signed=cfg.quant.act_signed)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def state_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The aggregatable float state of ``model`` as numpy (init flags and counters stay local)."""
+    agg, _ = split_state(model.state_dict())
+    return {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in agg.items()}
+
+
+def load_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load aggregatable arrays into ``model``; quantizers count as initialised (their steps came along)."""
+    own = model.state_dict()
+    agg, _ = split_state(own)
+    missing = sorted(set(agg) - set(arrays))
+    if missing:
+        raise ValueError(f"global arrays lack {len(missing)} keys, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for k in agg:
+            own[k].copy_(torch.from_numpy(np.asarray(arrays[k])).to(own[k].dtype).reshape(own[k].shape))
+    set_initialized(model, True)
+
+
+def model_quant_info(model: nn.Module) -> QuantInfo:
+    return quant_info(model)

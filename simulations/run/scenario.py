@@ -1,0 +1,150 @@
+"""Run a scenario: resolve the file, apply overrides, check everything before Ray starts, run.
+
+All the checks that can fail on bad input run here first (config, hardware,
+strategy, data, checkpoint, layer names), so a mistake costs a one-line error and
+exit code 2, not a half-started cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fleet.config.scenario import ConfigError, ScenarioConfig, load_scenario_file, parse_config, parse_override
+from fleet.hardware.costs import model_flops
+from fleet.hardware.catalogue import catalogue, device_profiles
+from fleet.model.architectures import build_model
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = Path(__file__).parents[1] / "scenarios"
+
+__all__ = ["resolve_scenario", "load_config", "preflight", "run_config", "run_scenario", "SCENARIOS"]
+
+
+def resolve_scenario(name_or_path: str) -> Path:
+    """A scenario path, or the name of a file in ``simulations/scenarios/``."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (SCENARIOS / name_or_path, SCENARIOS / f"{name_or_path}.toml"):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for q in SCENARIOS.glob("*.toml")))
+    raise ConfigError(name_or_path, f"no such scenario file or built-in scenario (built-in: {known})")
+
+
+def load_config(scenario: str, overrides: Mapping[str, Any] | list[str] = ()) -> tuple[ScenarioConfig, dict]:
+    """Parse a scenario with ``--set`` overrides; returns the config and its flat keys."""
+    path = resolve_scenario(scenario)
+    flat = load_scenario_file(str(path))
+    items = list(overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides))
+    if any(k.startswith("devices.profiles.") for k, _ in items):
+        # A mix given on the command line replaces the scenario's mix (weights must sum to one).
+        flat = {k: v for k, v in flat.items() if not k.startswith("devices.profiles.")}
+    flat.update(items)
+    return parse_config(flat, name=path.stem), flat
+
+
+def preflight(cfg: ScenarioConfig) -> list[str]:
+    """Check what the config alone cannot (files, names, hardware); returns warnings."""
+    from fleet.model.assembly import keep_fp_names
+    from fleet.device import clc_layer_names, codec_for
+    from fleet.data.splits import fleet_data
+    from fleet.train.losses import FeatureTaps
+    from fleet.model.reference import load_state_checked
+    from strategies.loader import load_strategy
+
+    warnings: list[str] = []
+    try:
+        load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+    except ValueError as exc:
+        raise ConfigError(*_split(str(exc), "strategy.name")) from None
+    try:
+        codec_for(cfg)
+    except ValueError as exc:
+        raise ConfigError("quant.codec", str(exc)) from None
+    names = device_profiles(cfg)
+    fd = fleet_data(cfg)
+    ds = fd.dataset
+    model = build_model(cfg.model.arch, ds.in_shape, ds.num_classes)
+    if cfg.model.checkpoint:
+        load_state_checked(model, cfg.model.checkpoint)
+    keep_fp_names(cfg, model)
+    if cfg.train.clc_beta != 0.0:
+        try:
+            FeatureTaps(model, clc_layer_names(cfg, model))
+        except ValueError as exc:
+            raise ConfigError("train.clc-layers", str(exc)) from None
+    if cfg.stream.enabled:
+        from fleet.qcore.device import continual_config
+
+        try:
+            ccfg = continual_config(cfg)
+            for rows in fd.train[: cfg.stream.devices or None]:
+                ccfg.check_local_data(len(rows))
+        except ValueError as exc:
+            raise ConfigError(*_split(str(exc), "stream")) from None
+    if cfg.devices.deadline_s > 0:
+        flops = model_flops(model, ds.in_shape)
+        cat = catalogue(cfg)
+        smallest = min(len(t) for t in fd.train)
+        need = min(3 * flops * max(1, round(smallest * cfg.coreset.fraction)) * cfg.train.local_epochs
+                   / (cat[n].gflops * 1e9) for n in set(names))
+        if need > cfg.devices.deadline_s:
+            warnings.append(f"devices.deadline-s: {cfg.devices.deadline_s:g} s is shorter than the fastest "
+                            f"device's compute for the smallest local dataset ({need:.3g} s): every device "
+                            "will be a straggler")
+    return warnings
+
+
+def _split(text: str, default_key: str) -> tuple[str, str]:
+    key, sep, msg = text.partition(": ")
+    return (key, msg) if sep and " " not in key else (default_key, text)
+
+
+def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], None] | None = None,
+               verbose: bool = False, resume: bool = False) -> dict:
+    """Run a parsed scenario in-process on Ray (or continue it from its last checkpoint); returns the summary.
+
+    On Ctrl-C the summary is marked ``interrupted`` (every finished round and its checkpoint are on disk,
+    so ``fleet resume`` continues it) and Ray is shut down before the KeyboardInterrupt propagates.
+    """
+    from fleet.client_app import make_client_app
+    from simulations.run.engine import interrupt_guard, simulate
+    from simulations.server_app import make_server_app
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flat = cfg.to_flat()
+    box: dict[str, Any] = {}
+    server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
+    with interrupt_guard(lambda: _mark_interrupted(run_dir)):
+        simulate(server, make_client_app(flat), cfg, verbose=verbose)
+    return box
+
+
+def _mark_interrupted(run_dir: Path) -> None:
+    import json
+
+    from simulations.store.results import write_json_atomic
+
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if summary.get("status") != "complete":
+        summary["status"] = "interrupted"
+        write_json_atomic(path, summary)
+
+
+def run_scenario(scenario: str, overrides: Mapping[str, str], out_dir: Path) -> None:
+    """Run ``scenario`` with textual overrides into ``out_dir`` (the sweep's runner)."""
+    from fleet.config.scenario import parse_override_value
+
+    cfg, _ = load_config(scenario, {k: parse_override_value(v) for k, v in overrides.items()})
+    preflight(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_config(cfg, out_dir)
