@@ -25,7 +25,7 @@ from torch import nn
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.model.assembly import needs_reference
+from fleet.model.roles import needs_reference
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import run_device_round
 from fleet.state import load_device_state, save_device_state

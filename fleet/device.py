@@ -23,9 +23,10 @@ from torch import nn
 
 from fleet.hardware import faults as faultlib
 from fleet.model.bnstats import has_batchnorm, reestimate_bn
-from fleet.model.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.quant.convert import init_quantizers
 from fleet.quant.codecs import build_codec, payload_nbytes
+from fleet.quant.spec import is_quantized, is_quantizer_key
 from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
@@ -289,7 +290,7 @@ def _load_other_width(model: nn.Module, global_arrays: dict[str, np.ndarray], x:
     own = model.state_dict()
     with torch.no_grad():
         for k, v in global_arrays.items():
-            if k in own and "_quant." not in k:
+            if k in own and not is_quantizer_key(k):
                 own[k].copy_(torch.from_numpy(np.asarray(v)).to(own[k].dtype).reshape(own[k].shape))
     init_quantizers(model, x)
 

@@ -21,7 +21,8 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.model.assembly import is_quantized, load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.quant.spec import is_quantized
+from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.model.bnstats import has_batchnorm, reestimate_bn
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import BN_REFRESH_SAMPLES, codec_for

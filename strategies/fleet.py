@@ -29,13 +29,13 @@ from flwr.serverapp.strategy import Strategy
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.model.assembly import needs_reference
+from fleet.model.roles import needs_reference
 from fleet.quant.codecs import Codec
 from fleet.config.scenario import ScenarioConfig
 from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
 from fleet.train.schedule import round_window
 from fleet.hardware.profiles import nearest_bits
-from fleet.quant.convert import QuantInfo, QuantSpec
+from fleet.quant.spec import QuantInfo, is_quantizer_key
 from strategies.guard import screen_updates
 from strategies.sampling import draw_faults, sample_devices
 
@@ -241,10 +241,10 @@ class FleetStrategy(Strategy):
         own = bits == self.cfg.quant.weight_bits
         qinfo = self.qinfo
         if not own and bits < 32 and qinfo is not None:
-            qinfo = QuantInfo({k: QuantSpec(bits, s.step_key, s.signed) for k, s in qinfo.weights.items()})
+            qinfo = qinfo.at_bits(bits)
         out = self.codec.decode(payload, self.current, qinfo)
         if not own:
-            out.update({k: self.current[k] for k in out if "_quant." in k})
+            out.update({k: self.current[k] for k in out if is_quantizer_key(k)})
         return out
 
     def _keep_first(self, ok: dict[int, P.DeviceReport], decoded: dict[int, dict[str, np.ndarray]]) -> None:

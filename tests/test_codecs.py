@@ -11,7 +11,8 @@ import torch
 from fleet.quant import codecs
 from fleet.quant.codecs import CODECS, build_codec, payload_nbytes
 from fleet.model.architectures import build_model
-from fleet.quant.convert import QuantInfo, QuantSpec, init_quantizers, quant_info, quantize_model
+from fleet.quant.convert import init_quantizers, quant_info, quantize_model
+from fleet.quant.spec import QuantInfo, QuantSpec
 
 
 def _states(seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -19,8 +19,8 @@ from fleet.quant.convert import (
     quant_layers,
     quantize_model,
     set_initialized,
-    split_state,
 )
+from fleet.quant.spec import split_state
 from fleet.quant.quantizers import IdentityQuantizer, LsqQuantizer
 
 

@@ -9,12 +9,13 @@ from torch import nn
 from fleet.model.architectures import build_model
 from fleet.qcore.bfn import BFNSet, build_bfn, capture_inputs, fit_bfns
 from fleet.qcore.calibrate import CalibrationContext, forward_flops, record_flip_pairs
-from fleet.qcore.quant import QConv2d, QLinear, code_range, qcore_layers, to_qcore
+from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers, to_qcore
+from fleet.quant.spec import qrange
 
 
 def test_linear_bfn_shapes() -> None:
     # Prepare
-    layer = QLinear(torch.randn(7, 5), None, bits=4, act_bits=4)
+    layer = CodeLinear(torch.randn(7, 5), None, bits=4, act_bits=4)
     bfn = build_bfn(layer, hidden=8)
     a = torch.rand(20, 5)  # (core, in_features)
     # Execute
@@ -27,7 +28,7 @@ def test_linear_bfn_shapes() -> None:
 
 
 def test_conv2d_bfn_shapes() -> None:
-    layer = QConv2d(nn.Conv2d(3, 6, 3, padding=1), bits=2, act_bits=2)
+    layer = CodeConv2d(nn.Conv2d(3, 6, 3, padding=1), bits=2, act_bits=2)
     bfn = build_bfn(layer, hidden=8)
     a = torch.rand(20, 3, 9, 9)  # (core, C, H, W)
     assert bfn.features(a).shape == (3, 4)
@@ -38,7 +39,7 @@ def test_conv2d_bfn_shapes() -> None:
 
 
 def test_bfn_output_does_not_depend_on_core_order() -> None:
-    layer = QLinear(torch.randn(3, 4), None, bits=4, act_bits=None)
+    layer = CodeLinear(torch.randn(3, 4), None, bits=4, act_bits=None)
     bfn = build_bfn(layer)
     a = torch.randn(20, 4)
     torch.testing.assert_close(bfn(bfn.features(a), layer.codes),
@@ -65,7 +66,7 @@ def test_apply_changes_only_codes_within_range() -> None:
     # Execute
     flops = bfns.apply(model, x_core)
     # Assert
-    qmin, qmax = code_range(2)
+    qmin, qmax = qrange(2)
     for name, layer in qcore_layers(model).items():
         before = state[f"{name}.codes"].int()
         assert torch.equal(layer.codes.int(), torch.clamp(before + 1, qmin, qmax))

@@ -8,15 +8,15 @@ from torch import nn
 
 from fleet.model.architectures import build_model
 from fleet.qcore.quant import (
+    SUPPORTED_BITS,
     ActQuant,
-    QConv2d,
-    QLinear,
-    check_bits,
-    code_range,
+    CodeConv2d,
+    CodeLinear,
     qcore_layers,
     quantize_per_channel,
     to_qcore,
 )
+from fleet.quant.spec import check_bits, qrange
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
@@ -26,7 +26,7 @@ def test_codes_are_integers_in_signed_range(bits: int) -> None:
     # Execute
     codes, scale, zp = quantize_per_channel(w, bits)
     # Assert
-    qmin, qmax = code_range(bits)
+    qmin, qmax = qrange(bits)
     assert codes.dtype == torch.int8 and codes.shape == w.shape
     assert int(codes.min()) >= qmin and int(codes.max()) <= qmax
     w_hat = (codes.float() - zp.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
@@ -41,7 +41,7 @@ def test_quantize_hand_computed() -> None:
 @pytest.mark.parametrize("bits", [1, 6, 7, 16, 32])
 def test_unsupported_bits_raise(bits: int) -> None:
     with pytest.raises(ValueError, match="unsupported bits"):
-        check_bits(bits)
+        check_bits(bits, SUPPORTED_BITS)
     with pytest.raises(ValueError, match="unsupported bits"):
         to_qcore(nn.Linear(2, 2), bits)
 
@@ -72,7 +72,7 @@ def test_to_qcore_swaps_layers_first_float_last_8bit() -> None:
     q = to_qcore(model, 3, torch.rand(16, 1, 8, 8))
     # Assert
     layers = list(qcore_layers(q).values())
-    assert [type(m) for m in layers] == [QConv2d, QConv2d, QConv2d, QLinear]
+    assert [type(m) for m in layers] == [CodeConv2d, CodeConv2d, CodeConv2d, CodeLinear]
     assert isinstance(layers[0].act, nn.Identity)
     assert layers[1].act.bits == 3 and layers[-1].act.bits == 8
     assert q(torch.rand(2, 1, 8, 8)).shape == (2, 10)
@@ -81,7 +81,7 @@ def test_to_qcore_swaps_layers_first_float_last_8bit() -> None:
 
 def test_step_codes_stays_in_range_and_changes_only_codes() -> None:
     # Prepare
-    layer = QLinear(torch.randn(4, 5), torch.randn(4), bits=2, act_bits=4)
+    layer = CodeLinear(torch.randn(4, 5), torch.randn(4), bits=2, act_bits=4)
     layer(torch.rand(3, 5))  # fix the activation range
     state = {k: v.clone() for k, v in layer.state_dict().items()}
     delta = torch.ones(4, 5, dtype=torch.int8)
@@ -90,7 +90,7 @@ def test_step_codes_stays_in_range_and_changes_only_codes() -> None:
     layer.step_codes(delta)
     layer.step_codes(delta)
     # Assert
-    qmin, qmax = code_range(2)
+    qmin, qmax = qrange(2)
     assert int(layer.codes.min()) >= qmin and int(layer.codes.max()) <= qmax
     assert (layer.codes[0] == torch.clamp(state["codes"][0].int() - 2, qmin, qmax)).all()
     assert (layer.codes[1:] == torch.clamp(state["codes"][1:].int() + 2, qmin, qmax)).all()
@@ -100,14 +100,14 @@ def test_step_codes_stays_in_range_and_changes_only_codes() -> None:
 
 
 def test_step_codes_rejects_wrong_shape() -> None:
-    layer = QLinear(torch.randn(4, 5), None, bits=4, act_bits=None)
+    layer = CodeLinear(torch.randn(4, 5), None, bits=4, act_bits=None)
     with pytest.raises(ValueError, match="delta shape"):
         layer.step_codes(torch.zeros(5, 4))
 
 
 def test_latent_ste_moves_codes_on_fixed_grid() -> None:
     # Prepare
-    layer = QLinear(torch.randn(2, 3), None, bits=4, act_bits=None)
+    layer = CodeLinear(torch.randn(2, 3), None, bits=4, act_bits=None)
     codes0, scale0 = layer.codes.clone(), layer.scale.clone()
     layer.start_latent()
     # Execute: push every latent code up by 1.6 steps

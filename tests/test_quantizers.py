@@ -14,9 +14,9 @@ from fleet.quant.quantizers import (
     LsqQuantizer,
     grad_scale,
     lsq_fake_quant,
-    qrange,
     round_ste,
 )
+from fleet.quant.spec import qrange
 
 
 def _fixed(bits: int, step: float | list[float], **kw: object) -> LsqQuantizer:

@@ -104,6 +104,7 @@ class Selector:
     """
 
     name = "base"
+    uses_float_model = False  # whether scoring runs the float reference (the server then sends it)
 
     def select(
         self,

@@ -134,6 +134,7 @@ class TermSelector(Selector):
         if term not in ("evs", "ds", "res"):
             raise ValueError(f"unknown score term '{term}'; valid: evs, ds, res")
         self.name = term
+        self.uses_float_model = term != "evs"
 
     def score(
         self,
@@ -162,6 +163,8 @@ class MixSelector(Selector):
     with_res : bool
         Add RES (QuaRC) or not (ACS).
     """
+
+    uses_float_model = True  # DS (and RES) compare against the float reference
 
     def __init__(self, with_res: bool) -> None:
         self.with_res = with_res
@@ -217,6 +220,8 @@ class ModerateSelector(Selector):
     scores are ranked globally.
     """
 
+    uses_float_model = True  # features come from the float reference
+
     name = "moderate"
 
     def score(
@@ -245,6 +250,11 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "forgetting": ForgettingSelector,
     "moderate": ModerateSelector,
 }
+
+
+def uses_float_model(name: str) -> bool:
+    """Whether the selector registered as ``name`` scores with the float reference."""
+    return build_selector(name).uses_float_model
 
 
 def build_selector(name: str, **options: Any) -> Selector:

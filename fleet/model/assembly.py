@@ -14,25 +14,11 @@ from torch import nn
 
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
-from fleet.quant.convert import quant_info, quantize_model, set_initialized, split_state
-from fleet.quant.convert import QuantInfo
+from fleet.quant.convert import quant_info, quantize_model, set_initialized
+from fleet.quant.spec import QuantInfo, is_quantized, split_state
 
-__all__ = ["is_quantized", "needs_reference", "FP_SCORED_METHODS", "keep_fp_names", "trainable_model", "state_arrays", "load_arrays", "QuantInfo",
+__all__ = ["keep_fp_names", "trainable_model", "state_arrays", "load_arrays", "QuantInfo",
            "model_quant_info"]
-
-
-def is_quantized(weight_bits: int, act_bits: int) -> bool:
-    return weight_bits < 32 or act_bits < 32
-
-
-FP_SCORED_METHODS = frozenset({"ds", "res", "acs", "quarc", "moderate"})  # selectors that run the FP model
-
-
-def needs_reference(cfg: ScenarioConfig, weight_bits: int, act_bits: int) -> bool:
-    """Whether a device training at these widths uses the float reference: as the teacher (KD at low
-    bits, CLC) or to score its coreset. A device that does not is never sent one."""
-    return ((is_quantized(weight_bits, act_bits) and cfg.train.kd) or cfg.train.clc_beta != 0.0
-            or cfg.coreset.method in FP_SCORED_METHODS)
 
 
 def keep_fp_names(cfg: ScenarioConfig, model: nn.Module) -> list[str] | None:

@@ -23,8 +23,8 @@ among equal-shaped 32->32 convs, our layers all differ in shape):
 
 Examples
 --------
->>> from fleet.qcore.quant import QLinear
->>> layer = QLinear(torch.randn(3, 5), None, bits=4, act_bits=None)
+>>> from fleet.qcore.quant import CodeLinear
+>>> layer = CodeLinear(torch.randn(3, 5), None, bits=4, act_bits=None)
 >>> bfn = build_bfn(layer)
 >>> bfn.delta(torch.randn(20, 5), layer.codes).shape
 torch.Size([3, 5])
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fleet.qcore.quant import QConv2d, QLinear, qcore_layers
+from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers
 
 __all__ = ["N_FEATURES", "BFN", "BFN_KINDS", "build_bfn", "capture_inputs", "BFNSet", "fit_bfns"]
 
@@ -123,7 +123,7 @@ def _conv2d_bfn(layer: nn.Module, hidden: int) -> BFN:
     return BFN(tuple(layer.codes.shape), layer.bits, (0, 2, 3), hidden)
 
 
-BFN_KINDS = {"linear": (QLinear, _linear_bfn), "conv2d": (QConv2d, _conv2d_bfn)}
+BFN_KINDS = {"linear": (CodeLinear, _linear_bfn), "conv2d": (CodeConv2d, _conv2d_bfn)}
 
 
 def build_bfn(layer: nn.Module, hidden: int = 32) -> BFN:

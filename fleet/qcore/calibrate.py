@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.qcore.bfn import BFNSet, FlipPair, capture_inputs
-from fleet.qcore.quant import QConv2d, QLinear, qcore_layers
+from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers
 
 __all__ = [
     "CalibrationContext",
@@ -74,10 +74,10 @@ def forward_flops(model: nn.Module, in_shape: tuple[int, int, int]) -> int:
 
     def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal macs
-        if isinstance(m, QConv2d):
+        if isinstance(m, CodeConv2d):
             k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
             macs += out[0].numel() * k
-        elif isinstance(m, QLinear):
+        elif isinstance(m, CodeLinear):
             macs += m.in_features * m.out_features
     hooks = [m.register_forward_hook(hook) for m in qcore_layers(model).values()]
     was_training = model.training

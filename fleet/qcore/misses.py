@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fleet.qcore.quant import SUPPORTED_BITS, check_bits, to_qcore
+from fleet.qcore.quant import SUPPORTED_BITS, to_qcore
+from fleet.quant.spec import check_bits
 
 __all__ = [
     "NEVER_LEARNED_COUNT",
@@ -145,7 +146,7 @@ def train_float_recording(
         Records ``(R, B, N)`` for ``count_misses``.
     """
     for b in core_bits:
-        check_bits(b)
+        check_bits(b, SUPPORTED_BITS)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     records: list[np.ndarray] = []
     for epoch in range(1, epochs + 1):

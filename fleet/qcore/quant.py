@@ -20,7 +20,7 @@ zero-point do not move) and ``commit_latent`` rounds it back into integer codes.
 Examples
 --------
 >>> lin = torch.nn.Linear(3, 2)
->>> q = QLinear.from_float(lin, bits=2, act_bits=None)
+>>> q = CodeLinear.from_float(lin, bits=2, act_bits=None)
 >>> int(q.codes.min()) >= -2 and int(q.codes.max()) <= 1
 True
 """
@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fleet.quant.quantizers import round_ste
+from fleet.quant.spec import check_bits, qrange
+
 __all__ = [
     "SUPPORTED_BITS",
-    "check_bits",
-    "code_range",
     "quantize_per_channel",
     "ActQuant",
-    "QLinear",
-    "QConv2d",
+    "CodeLinear",
+    "CodeConv2d",
     "QUANT_LAYERS",
     "to_qcore",
     "qcore_layers",
@@ -50,25 +51,13 @@ SUPPORTED_BITS: tuple[int, ...] = (2, 3, 4, 5, 8)
 LAST_LAYER_ACT_BITS = 8
 
 
-def check_bits(bits: int) -> int:
-    """Return ``bits`` or raise ValueError if QCore does not support it."""
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"unsupported bits {bits}; valid: {', '.join(map(str, SUPPORTED_BITS))}")
-    return bits
-
-
-def code_range(bits: int) -> tuple[int, int]:
-    """Signed integer code range ``(qmin, qmax)`` for ``bits``."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
 def quantize_per_channel(
     w: torch.Tensor, bits: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric min-max quantization per output channel (dim 0).
 
     Returns ``(codes, scale, zero_point)`` with ``w ~= (codes - zp) * scale``;
-    codes are int8 in ``code_range(bits)``, scale and zero_point have shape ``(O,)``.
+    codes are int8 in ``fleet.quant.spec.qrange(bits)``, scale and zero_point have shape ``(O,)``.
 
     Examples
     --------
@@ -76,7 +65,7 @@ def quantize_per_channel(
     >>> codes.tolist(), s.tolist(), zp.tolist()
     ([[-2, -1, 1]], [1.0], [-1.0])
     """
-    qmin, qmax = code_range(bits)
+    qmin, qmax = qrange(bits)
     flat = w.detach().reshape(w.shape[0], -1)  # (O, K)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values  # (O,)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)  # (O,)
@@ -84,11 +73,6 @@ def quantize_per_channel(
     codes = torch.round(flat / scale[:, None]) + zero_point[:, None]  # (O, K)
     codes = codes.clamp(qmin, qmax).to(torch.int8).reshape(w.shape)
     return codes, scale, zero_point
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    # Straight-through: rounding in the forward pass, identity gradient.
-    return x + (torch.round(x) - x).detach()
 
 
 class ActQuant(nn.Module):
@@ -130,7 +114,7 @@ class ActQuant(nn.Module):
         else:
             levels_lo, levels_hi = 0, 2**self.bits - 1
             step = self.alpha / (2**self.bits - 1)
-        q = _round_ste(x / step).clamp(levels_lo, levels_hi)  # STE grad 1 inside range
+        q = round_ste(x / step).clamp(levels_lo, levels_hi)  # STE grad 1 inside range
         return q * step
 
 
@@ -143,7 +127,7 @@ class _QLayer(nn.Module):
 
     def _setup(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
                act_bits: int | None) -> None:
-        self.bits = check_bits(bits)
+        self.bits = check_bits(bits, SUPPORTED_BITS)
         codes, scale, zp = quantize_per_channel(weight, bits)
         self.register_buffer("codes", codes)
         self.register_buffer("scale", scale)
@@ -164,12 +148,12 @@ class _QLayer(nn.Module):
         """Weight used in the forward pass: the codes, or the STE-quantized latent."""
         if self.latent is None:
             return self.dequantized()
-        qmin, qmax = code_range(self.bits)
+        qmin, qmax = qrange(self.bits)
         zp, s = self.zero_point.view(self._bshape()), self.scale.view(self._bshape())
         # STE through both round and clamp: torch's clamp has zero gradient at its
         # bounds, and min-max puts a code on each bound per channel, which would
         # then never move, not even inwards. ``commit_latent`` clamps.
-        q = _round_ste(self.latent)
+        q = round_ste(self.latent)
         q = q + (q.clamp(qmin, qmax) - q).detach()
         return (q - zp) * s
 
@@ -178,7 +162,7 @@ class _QLayer(nn.Module):
         """Integer codes the layer computes with now (the rounded latent while training)."""
         if self.latent is None:
             return self.codes.clone()
-        qmin, qmax = code_range(self.bits)
+        qmin, qmax = qrange(self.bits)
         return torch.round(self.latent).clamp(qmin, qmax).to(torch.int8)
 
     def start_latent(self) -> None:
@@ -204,12 +188,12 @@ class _QLayer(nn.Module):
         """Bit flip: ``codes <- clamp(codes + delta, qmin, qmax)``; nothing else changes."""
         if delta.shape != self.codes.shape:
             raise ValueError(f"delta shape {tuple(delta.shape)} != codes {tuple(self.codes.shape)}")
-        qmin, qmax = code_range(self.bits)
+        qmin, qmax = qrange(self.bits)
         stepped = self.codes.to(torch.int16) + delta.round().clamp(-1, 1).to(torch.int16)
         self.codes.copy_(stepped.clamp(qmin, qmax).to(torch.int8))
 
 
-class QLinear(_QLayer):
+class CodeLinear(_QLayer):
     """Linear layer computing with dequantized integer codes (see module docstring)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
@@ -219,7 +203,7 @@ class QLinear(_QLayer):
         self._setup(weight, bias, bits, act_bits)
 
     @classmethod
-    def from_float(cls, layer: nn.Linear, bits: int, act_bits: int | None) -> QLinear:
+    def from_float(cls, layer: nn.Linear, bits: int, act_bits: int | None) -> CodeLinear:
         """Quantize a float ``nn.Linear``."""
         return cls(layer.weight, layer.bias, bits, act_bits)
 
@@ -227,7 +211,7 @@ class QLinear(_QLayer):
         return F.linear(self.act(x), self.weight(), self.bias)  # (N, O)
 
 
-class QConv2d(_QLayer):
+class CodeConv2d(_QLayer):
     """Conv2d layer computing with dequantized integer codes (see module docstring)."""
 
     def __init__(self, layer: nn.Conv2d, bits: int, act_bits: int | None) -> None:
@@ -239,7 +223,7 @@ class QConv2d(_QLayer):
         self._setup(layer.weight, layer.bias, bits, act_bits)
 
     @classmethod
-    def from_float(cls, layer: nn.Conv2d, bits: int, act_bits: int | None) -> QConv2d:
+    def from_float(cls, layer: nn.Conv2d, bits: int, act_bits: int | None) -> CodeConv2d:
         """Quantize a float ``nn.Conv2d``."""
         return cls(layer, bits, act_bits)
 
@@ -248,7 +232,7 @@ class QConv2d(_QLayer):
                         self.dilation, self.groups)  # (N, O, H', W')
 
 
-QUANT_LAYERS: dict[type[nn.Module], type[_QLayer]] = {nn.Linear: QLinear, nn.Conv2d: QConv2d}
+QUANT_LAYERS: dict[type[nn.Module], type[_QLayer]] = {nn.Linear: CodeLinear, nn.Conv2d: CodeConv2d}
 
 
 def qcore_layers(model: nn.Module) -> dict[str, _QLayer]:
@@ -274,7 +258,7 @@ def to_qcore(float_model: nn.Module, bits: int, calib_x: torch.Tensor | None = N
     The first quantized layer (in registration order, which is forward order for the
     registry's models) keeps a float input; the last one gets an 8-bit input.
     """
-    check_bits(bits)
+    check_bits(bits, SUPPORTED_BITS)
     model = copy.deepcopy(float_model)
     names = [n for n, m in model.named_modules() if type(m) in QUANT_LAYERS]
     if not names:

@@ -31,9 +31,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fleet.quant.convert import QuantInfo
 from fleet.quant.packing import pack_codes, unpack_codes
-from fleet.quant.quantizers import qrange
+from fleet.quant.spec import QuantInfo, qrange
 
 __all__ = [
     "Codec",

@@ -20,38 +20,30 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from fleet.quant.quantizers import FLOAT_BITS, IdentityQuantizer, LsqQuantizer, check_bits
+from fleet.quant.quantizers import IdentityQuantizer, LsqQuantizer
+from fleet.quant.spec import FLOAT_BITS, QuantInfo, QuantSpec, check_bits
 from fleet.quant.signs import relu_fed_layers, resolve_act_signed
 
 __all__ = [
     "QConv2d",
     "QLinear",
     "MAPPING",
-    "LOCAL_ONLY_SUFFIXES",
-    "QuantSpec",
-    "QuantInfo",
     "default_keep_fp",
     "quantize_model",
     "quant_layers",
     "quant_info",
-    "split_state",
     "init_quantizers",
     "set_initialized",
 ]
 
-T = TypeVar("T")
-
-# State entries that are per-device bookkeeping, never averaged (STYLE.md pitfall 5).
-LOCAL_ONLY_SUFFIXES = ("initialized", "num_batches_tracked")
 
 
 def _check_layer_bits(bits: int, what: str) -> int:
@@ -284,34 +276,6 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-@dataclass(frozen=True)
-class QuantSpec:
-    """How one weight tensor is quantized: ``bits``, ``signed`` and its step's state key."""
-
-    bits: int
-    step_key: str
-    signed: bool = True
-
-
-@dataclass(frozen=True)
-class QuantInfo:
-    """Quantized weight state keys (e.g. ``"conv2.weight"``) mapped to their :class:`QuantSpec`.
-
-    A plain dict field (not a mapping proxy) so the object pickles across Ray actors.
-    """
-
-    weights: dict[str, QuantSpec] = field(default_factory=dict)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.weights
-
-    def __getitem__(self, key: str) -> QuantSpec:
-        return self.weights[key]
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-
 def quant_info(model: nn.Module) -> QuantInfo:
     """Collect the :class:`QuantInfo` of every LSQ-quantized weight in ``model``."""
     weights: dict[str, QuantSpec] = {}
@@ -322,28 +286,6 @@ def quant_info(model: nn.Module) -> QuantInfo:
                 wq.bits, _join(name, "weight_quant.step"), wq.signed
             )
     return QuantInfo(weights)
-
-
-def split_state(state: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:
-    """Split a state dict into ``(aggregatable, local_only)``.
-
-    ``initialized`` flags and BN ``num_batches_tracked`` counters are local-only:
-    averaging an init flag or an int counter is meaningless. Everything else
-    (weights, biases, LSQ steps, BN running statistics) is aggregatable.
-
-    Examples
-    --------
-    >>> agg, loc = split_state({"a.weight": 1, "a.weight_quant.initialized": 0,
-    ...                         "bn.num_batches_tracked": 5, "a.weight_quant.step": 2})
-    >>> sorted(agg), sorted(loc)
-    (['a.weight', 'a.weight_quant.step'], ['a.weight_quant.initialized', 'bn.num_batches_tracked'])
-    """
-    agg: dict[str, T] = {}
-    local: dict[str, T] = {}
-    for key, value in state.items():
-        is_local = key.rpartition(".")[2] in LOCAL_ONLY_SUFFIXES
-        (local if is_local else agg)[key] = value
-    return agg, local
 
 
 def set_initialized(model: nn.Module, value: bool = True) -> None:

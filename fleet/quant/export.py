@@ -25,9 +25,10 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
-from fleet.quant.convert import LOCAL_ONLY_SUFFIXES, MAPPING, quant_layers, set_initialized
+from fleet.quant.convert import MAPPING, quant_layers, set_initialized
 from fleet.quant.packing import pack_codes, unpack_codes
-from fleet.quant.quantizers import FLOAT_BITS, LsqQuantizer
+from fleet.quant.quantizers import LsqQuantizer
+from fleet.quant.spec import FLOAT_BITS, LOCAL_ONLY_SUFFIXES
 
 __all__ = ["export_quantized", "save_export", "export_nbytes", "load_exported"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fleet.quant.quantizers import qrange
+from fleet.quant.spec import qrange
 
 __all__ = ["pack_codes", "unpack_codes", "packed_nbytes"]
 

@@ -31,44 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from fleet.quant.spec import FLOAT_BITS, check_bits, qrange
+
 __all__ = [
-    "MIN_BITS",
-    "MAX_BITS",
-    "FLOAT_BITS",
     "LsqQuantizer",
     "IdentityQuantizer",
     "round_ste",
     "grad_scale",
     "lsq_fake_quant",
-    "qrange",
-    "check_bits",
 ]
 
-MIN_BITS = 2
-MAX_BITS = 8
-FLOAT_BITS = 32  # sentinel meaning "not quantized" (records cannot hold None)
 _EPS = 1e-8  # floor for an initial step, so an all-zero first batch gives no 0/0
-
-
-def check_bits(bits: int) -> int:
-    """Return ``bits`` if it is a supported integer bit-width (2..8), else raise ValueError."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an int in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    return bits
-
-
-def qrange(bits: int, signed: bool) -> tuple[int, int]:
-    """Integer code range ``(qmin, qmax)``.
-
-    Examples
-    --------
-    >>> qrange(4, True), qrange(4, False), qrange(2, True)
-    ((-8, 7), (0, 15), (-2, 1))
-    """
-    check_bits(bits)
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.config.schema import TrainConfig
+from fleet.quant.convert import quant_layers
 from fleet.train.schedule import lr_factor, progress
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,12 @@ def make_optimizer(model: nn.Module, tc: TrainConfig, lr: float | None = None) -
     """Optimizer with the papers' groups: activation step sizes at ``lr * train.act-step-lr-scale`` (ACS's
     code: 0.1; default 1.0, see docs/quantization.md), weight decay on conv weights."""
     lr = tc.lr if lr is None else lr
+    act_ids = {id(p) for layer in quant_layers(model).values() for p in layer.act_quant.parameters()}
     act_steps, decayed, rest = [], [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        if "act_quant" in name:
+        if id(p) in act_ids:
             act_steps.append(p)
         elif p.ndim == 4:
             decayed.append(p)

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fleet.quant import spec
+
 __all__ = [
     "QGT_FORMS",
     "bottleneck_report",
@@ -44,12 +46,7 @@ __all__ = [
 ]
 
 QGT_FORMS = ("sqdist", "sin2", "sqdist-clip")
-
-
-def _range(bits: int) -> tuple[int, int]:
-    if not 2 <= bits <= 16:
-        raise ValueError(f"bits must be in 2..16, got {bits}")
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+_QGT_MAX_BITS = 16  # the regulariser also ranks layers for widths past what the LSQ path trains
 
 
 def _grid_point(
@@ -95,7 +92,7 @@ def qgt_penalty(
     """
     if form not in QGT_FORMS:
         raise ValueError(f"unknown QGT form '{form}'; valid: {', '.join(QGT_FORMS)}")
-    qmin, qmax = qrange if qrange is not None else _range(bits)
+    qmin, qmax = qrange if qrange is not None else spec.qrange(bits, True, max_bits=_QGT_MAX_BITS)
     s = torch.as_tensor(step, dtype=w.dtype, device=w.device).detach()
     if form == "sin2":
         return torch.sin(math.pi * w / s).pow(2).mean()
@@ -136,7 +133,7 @@ def layer_grid(module: nn.Module, bits: int) -> tuple[torch.Tensor, int, int]:
             # The LSQ step is still the placeholder; use the value LSQ will set.
             return (2 * w.abs().mean() / math.sqrt(qmax)).clamp_min(1e-8), qmin, qmax
         return step.detach(), qmin, qmax
-    qmin, qmax = _range(bits)
+    qmin, qmax = spec.qrange(bits, True, max_bits=_QGT_MAX_BITS)
     return (w.abs().max() / qmax).clamp_min(1e-8), qmin, qmax
 
 
