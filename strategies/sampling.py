@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fleet.hardware.faults import FAULT_KINDS
+
 __all__ = ["sample_devices", "draw_faults"]
 
 _SAMPLE, _FAULTS = 0x5A, 0xFA
@@ -32,7 +34,7 @@ def sample_devices(online: np.ndarray, want: int, seed: int, server_round: int) 
 
 def draw_faults(faults: Any, devices: list[int], seed: int, server_round: int) -> dict[int, str]:
     """Injected fault per device-round (``[faults]`` probabilities; at most one fault each)."""
-    probs = [("crash", faults.crash), ("hang", faults.hang), ("corrupt", faults.corrupt), ("stale", faults.stale)]
+    probs = [(kind, getattr(faults, kind)) for kind in FAULT_KINDS]  # the [faults] keys, in this order
     if not any(p for _, p in probs):
         return {}
     out = {}

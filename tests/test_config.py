@@ -241,3 +241,18 @@ def test_check_override_rejects_bad_values(key: str, text: str, message: str) ->
     with pytest.raises(ConfigError) as info:
         check_override(key, text)
     assert str(info.value) == message
+
+
+def test_choices_come_from_the_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Arrange: a selector registered the way docs/architecture.md shows (one registry line)
+    from fleet.coreset import selectors
+
+    monkeypatch.setitem(selectors.SELECTORS, "my-selector", selectors.RandomSelector)
+
+    # Act
+    cfg = parse_config({"coreset.method": "my-selector"})
+
+    # Assert: accepted without touching the schema; an unregistered name is still refused, naming the key
+    assert cfg.coreset.method == "my-selector"
+    with pytest.raises(ConfigError, match=r"^coreset.method: must be one of full, random, .*my-selector"):
+        parse_config({"coreset.method": "nope"})

@@ -8,6 +8,7 @@ Each field's metadata carries its help text and its check; the kebab-case key is
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,33 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {message}")
 
 
+class Registry:
+    """The allowed values of a key, read from the registry that implements them (a dict of names, or a tuple)
+    when first needed: the schema names the registry instead of repeating it, and importing the schema loads
+    no torch. Adding a selector, codec or model to its registry makes it a valid value here too."""
+
+    def __init__(self, module: str, attr: str, prefix: tuple[Any, ...] = ()) -> None:
+        self.module, self.attr, self.prefix = module, attr, prefix
+
+    def names(self) -> tuple[Any, ...]:
+        """The registry's names now (read each time: an entry registered at run time is valid at once)."""
+        return self.prefix + tuple(getattr(importlib.import_module(self.module), self.attr))
+
+    def __iter__(self) -> Any:
+        return iter(self.names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.module}.{self.attr})"
+
+
 def opt(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | None = None,
+        le: float | None = None, lt: float | None = None, choices: tuple[Any, ...] | Registry | None = None,
         kind: type | tuple[type, ...] | None = None) -> Any:
     """A config field with its help and constraints."""
     meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
@@ -83,12 +109,12 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = opt("digits", "dataset", choices=("digits", "mnist", "fashion-mnist", "cifar10", "npz"))
+    dataset: str = opt("digits", "dataset", choices=Registry("fleet.data.datasets", "DATASETS"))
     root: str = opt("", "folder of the dataset files (torchvision layout or npz files)")
     name: str = opt("", "npz file prefix: <root>/<name>_train.npz (default: the folder's only pair)")
     download: bool = opt(False, "let torchvision download the dataset into data.root")
     partition: str = opt("dirichlet", "how devices' data is split",
-                         choices=("iid", "dirichlet", "shards", "quantity"))
+                         choices=Registry("fleet.data.partition", "PARTITIONERS"))
     alpha: float = opt(0.5, "Dirichlet concentration (label skew; smaller is more skewed)", gt=0)
     shards_per_device: int = opt(2, "classes per device for partition = shards", ge=1)
     quantity_sigma: float = opt(1.0, "log-normal sigma of device sizes for partition = quantity", gt=0)
@@ -101,7 +127,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = opt("mlp", "architecture", choices=("mlp", "cnn", "resnet20", "resnet18", "mobilenet_v2"))
+    arch: str = opt("mlp", "architecture", choices=Registry("fleet.model.architectures", "MODELS"))
     checkpoint: str = opt("", "float reference checkpoint (safetensors); empty = pretrain centrally")
     pretrain_epochs: int = opt(20, "epochs of central pretraining on the public split", ge=0)
     pretrain_lr: float = opt(0.003, "learning rate of central pretraining (peak rate for sgd's one-cycle)", gt=0)
@@ -122,26 +148,24 @@ class QuantConfig:
     per_channel: bool = opt(False, "per-output-channel weight step sizes")
     act_signed: Any = opt("auto", "activation range: 'auto' = unsigned [0, 2^b-1] after ReLU/ReLU6, signed "
                           "elsewhere (docs/quantization.md); true = signed everywhere, as ACS's code; false = unsigned",
-                          choices=("auto", True, False), kind=(str, bool))
+                          choices=Registry("fleet.quant.signs", "ACT_SIGNED_CHOICES"), kind=(str, bool))
     weights_only: bool = opt(False, "quantize weights only (as the papers do for MobileNetV2)")
     keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
                        "classifier, downsample convs; 'none')")
     codec: str = opt("fp32", "what devices upload",
-                     choices=("fp32", "fp16", "delta-int8", "delta-int4", "qweights"))
+                     choices=Registry("fleet.quant.codecs", "CODECS"))
     codec_per_channel: bool = opt(False, "per-channel scales for delta codecs")
 
 
 @dataclass(frozen=True)
 class CoresetConfig:
-    method: str = opt("full", "coreset selector", choices=(
-        "full", "random", "evs", "ds", "res", "acs", "quarc", "forgetting", "moderate"))
+    method: str = opt("full", "coreset selector", choices=Registry("fleet.coreset.selectors", "SELECTORS"))
     fraction: float = opt(1.0, "share of local data in the coreset", gt=0, le=1)
     reselect_every: int = opt(1, "re-select every N rounds of the device's own participation", ge=1)
     balanced: bool = opt(True, "class-balanced top-k (false: global top-k)")
     score_norm: str = opt("none", "normalise each score before mixing (none = the paper)",
-                          choices=("none", "rank", "zscore"))
-    schedule: str = opt("paper", "EVS/DS weight schedule", choices=(
-        "paper", "code", "linear", "quadratic", "sqrt", "evs-only", "ds-only"))
+                          choices=Registry("fleet.coreset.budget", "SCORE_NORMS"))
+    schedule: str = opt("paper", "EVS/DS weight schedule", choices=Registry("fleet.coreset.schedules", "SCHEDULES"))
     redraw: bool = opt(False, "random: re-draw at each re-selection (false: drawn once)")
 
 
@@ -168,9 +192,9 @@ class TrainConfig:
     clc_auto_ratio: float = opt(0.5, "target L_CLC share of L_KD for clc-beta = 'auto'", gt=0)
     clc_layers: str = opt("all", "comma-separated block names to correct ('all' = every block)")
     clc_mapping: str = opt("flat-softmax", "feature map to distribution",
-                           choices=("flat-softmax", "channel-softmax"))
+                           choices=Registry("fleet.train.losses", "CLC_MAPPINGS"))
     qgt_lambda: float = opt(0.0, "QGT grid-attraction weight (0 = off)", ge=0)
-    qgt_form: str = opt("sqdist", "QGT penalty form", choices=("sqdist", "sin2", "sqdist-clip"))
+    qgt_form: str = opt("sqdist", "QGT penalty form", choices=Registry("fleet.train.qgt", "QGT_FORMS"))
     qgt_warmup: float = opt(0.1, "share of local steps over which lambda ramps up", ge=0, le=1)
 
     def __post_init__(self) -> None:
@@ -189,11 +213,11 @@ class DevicesConfig:
     availability: str = opt("always", "who is online", choices=("always", "profile"))
     deadline_s: float = opt(0.0, "simulated seconds a device has per round (0 = no deadline)", ge=0)
     straggler_policy: str = opt("drop", "late devices are dropped or cut to the work that fits",
-                                choices=("drop", "cut"))
+                                choices=Registry("fleet.hardware.costs", "DEADLINE_POLICIES"))
     over_selection: float = opt(1.0, "sample this many times devices-per-round, keep the first to finish",
                                 ge=1)
     memory_policy: str = opt("fail", "over the memory budget: fail as OOM or shrink the batch",
-                             choices=("fail", "shrink-batch"))
+                             choices=Registry("fleet.hardware.memory", "MEMORY_POLICIES"))
 
 
 @dataclass(frozen=True)
@@ -229,7 +253,7 @@ class FaultsConfig:
     corrupt: float = opt(0.0, "probability of a corrupted update (NaN/Inf, wrong shape, huge norm)", ge=0, le=1)
     stale: float = opt(0.0, "probability of silently sending the received model", ge=0, le=1)
     corrupt_form: str = opt("any", "how a corrupted update is corrupted (any = one of the three at random)",
-                            choices=("any", "nan", "shape", "norm"))
+                            choices=Registry("fleet.hardware.faults", "CORRUPT_FORMS", prefix=("any",)))
 
     def __post_init__(self) -> None:
         total = self.crash + self.hang + self.corrupt + self.stale
@@ -241,12 +265,10 @@ class FaultsConfig:
 class StreamConfig:
     enabled: bool = opt(False, "after the federated phase, stream drifting data to every device (QCore)")
     tasks: int = opt(10, "stream batches (tasks) per device", ge=1)
-    drift: str = opt("covariate", "kind of drift", choices=("covariate", "rotation", "noise", "contrast",
-                                                            "label", "both"))
+    drift: str = opt("covariate", "kind of drift", choices=Registry("fleet.qcore.stream", "DRIFTS"))
     core_size: int = opt(20, "QCore size", ge=1)
-    bits: int = opt(4, "bit-width of the deployed model during calibration", choices=(2, 3, 4, 5, 8))
-    calibration: str = opt("bfn", "on-device calibration", choices=(
-        "bfn", "backprop-qcore", "backprop-random", "none"))
+    bits: int = opt(4, "bit-width of the deployed model during calibration", choices=Registry("fleet.qcore.quant", "SUPPORTED_BITS"))
+    calibration: str = opt("bfn", "on-device calibration", choices=Registry("fleet.qcore.calibrate", "CALIBRATIONS"))
     devices: int = opt(0, "devices that run the stream (0 = all)", ge=0)
     calibration_epochs: int = opt(10, "back-propagation epochs per stream batch (baselines, and what BFNs imitate)",
                                   ge=0)

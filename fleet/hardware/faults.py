@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
-__all__ = ["FAULT_KINDS", "maybe_crash", "maybe_hang", "apply_payload_fault", "InjectedCrash"]
+__all__ = ["FAULT_KINDS", "CORRUPT_FORMS", "maybe_crash", "maybe_hang", "apply_payload_fault", "InjectedCrash"]
 
-FAULT_KINDS = ("crash", "hang", "corrupt", "stale")
+FAULT_KINDS = ("crash", "hang", "corrupt", "stale")  # drawn in this order (strategies/sampling.py)
+CORRUPT_FORMS = ("nan", "shape", "norm")  # faults.corrupt-form, besides "any"
 
 
 class InjectedCrash(RuntimeError):
@@ -41,7 +42,7 @@ def apply_payload_fault(kind: str, payload: dict[str, np.ndarray], global_arrays
     if kind != "corrupt":
         return payload
     if form == "any":
-        form = ("nan", "shape", "norm")[int(rng.integers(3))]
+        form = CORRUPT_FORMS[int(rng.integers(len(CORRUPT_FORMS)))]
     out = dict(payload)
     key = max((k for k, v in out.items() if v.dtype.kind == "f"), key=lambda k: out[k].size)
     arr = out[key].astype(np.float32, copy=True)
