@@ -119,23 +119,23 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
 def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
     """Roster query (which device this node is), or the continual phase (``ask = "stream"``)."""
     pid = int(context.node_config.get("partition-id", -1))
-    ask = msg.content[P.CONFIG].get("ask", "device")
-    if ask != "stream":
-        return Message(RecordDict({P.REPORT: ConfigRecord({"device": pid})}), reply_to=msg)
+    ask = msg.content[P.CONFIG].get(P.ASK, P.ASK_ROSTER)
+    if ask != P.ASK_STREAM:
+        return Message(RecordDict({P.REPORT: ConfigRecord({P.DEVICE: pid})}), reply_to=msg)
     from fleet.qcore.device import run_stream_device
 
-    device = int(msg.content[P.CONFIG]["device"])
+    device = int(msg.content[P.CONFIG][P.DEVICE])
     if pid not in (-1, device):
         raise ValueError(f"stream for device {device} reached device {pid}")
 
     def tensors(key: str) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in record_to_numpy(msg.content[key]).items()}
 
-    core = tensors("core")
-    rows = run_stream_device(cfg, device, str(msg.content[P.CONFIG]["profile"]), tensors(P.ARRAYS),
-                             tensors("bfn") if "bfn" in msg.content else None, (core["x"], core["y"]))
+    core = tensors(P.CORE)
+    rows = run_stream_device(cfg, device, str(msg.content[P.CONFIG][P.PROFILE]), tensors(P.ARRAYS),
+                             tensors(P.BFN) if P.BFN in msg.content else None, (core["x"], core["y"]))
     metrics = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
-    metrics["device"] = device
+    metrics[P.DEVICE] = device
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
 

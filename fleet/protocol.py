@@ -26,8 +26,18 @@ MISSING = -1.0
 
 STATUSES = ("ok", "straggler", "oom", "offline", "failed", "rejected")
 
+# Query messages (MessageType.QUERY): CONFIG[ASK] says what the server asks.
+ASK = "ask"
+ASK_ROSTER = "device"  # "which device are you": the reply's REPORT holds DEVICE
+ASK_STREAM = "stream"  # the continual phase (QCore): CONFIG holds DEVICE and PROFILE; ARRAYS, CORE, BFN the deployment
+DEVICE = "device"
+PROFILE = "profile"
+CORE = "core"  # the initial QCore: arrays "x" and "y"
+BFN = "bfn"  # the bit-flipping networks' state
+
 __all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
-           "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS"]
+           "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "ASK", "ASK_ROSTER", "ASK_STREAM", "DEVICE",
+           "PROFILE", "CORE", "BFN"]
 
 
 def _kebab(name: str) -> str:

@@ -110,12 +110,12 @@ class FleetStrategy(Strategy):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            msgs = [Message(RecordDict({P.CONFIG: ConfigRecord({"ask": "device"})}), dst_node_id=n,
+            msgs = [Message(RecordDict({P.CONFIG: ConfigRecord({P.ASK: P.ASK_ROSTER})}), dst_node_id=n,
                             message_type=MessageType.QUERY) for n in node_ids[start:start + ROSTER_BATCH]]
             for reply in grid.send_and_receive(msgs, timeout=left):
                 if reply.has_error():
                     continue
-                dev = int(reply.content[P.REPORT]["device"])
+                dev = int(reply.content[P.REPORT][P.DEVICE])
                 self.roster[reply.metadata.src_node_id] = dev
                 self.nodes[dev] = reply.metadata.src_node_id
         if not self.nodes:
@@ -289,8 +289,8 @@ def is_eval_round(server_round: int, cfg: ScenarioConfig) -> bool:
 
 def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Message:
     content = RecordDict({
-        "arrays": record_from_numpy({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
-        "metrics": MetricRecord({P.WEIGHT_KEY: float(rep.weight), "bits": int(rep.bits), "device": int(rep.device)}),
+        P.ARRAYS: record_from_numpy({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
+        P.METRICS: MetricRecord({P.WEIGHT_KEY: float(rep.weight), "bits": int(rep.bits), P.DEVICE: int(rep.device)}),
     })
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 

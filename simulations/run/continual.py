@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp import Grid
 from torch import nn
 
+from fleet import protocol as P
 from fleet.config.scenario import ScenarioConfig
 from fleet.data.splits import FleetData
 from fleet.qcore.continual import deploy
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["run_stream_phase"]
 
-STREAM_ASK = "stream"
 
 
 def _record(state: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -58,17 +58,17 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
     core = (x_pub[torch.from_numpy(np.asarray(idx))], y_pub[torch.from_numpy(np.asarray(idx))])
     qmodel = to_qcore(model, ccfg.bits, x_pub[:128])
     dep = deploy(qmodel, core, ccfg, [], gen, with_bfns=cfg.stream.calibration == "bfn")
-    content = {"arrays": _record(dep.model.state_dict()),
-               "core": ArrayRecord({"x": Array(core[0].numpy()), "y": Array(core[1].numpy())})}
+    content = {P.ARRAYS: _record(dep.model.state_dict()),
+               P.CORE: ArrayRecord({"x": Array(core[0].numpy()), "y": Array(core[1].numpy())})}
     if dep.bfns is not None:
-        content["bfn"] = _record(dep.bfns.state_dict())
+        content[P.BFN] = _record(dep.bfns.state_dict())
     devices = sorted(strategy.nodes)
     if cfg.stream.devices:
         devices = devices[: cfg.stream.devices]
     msgs = []
     for dev in devices:
         rec = RecordDict(dict(content))
-        rec["config"] = ConfigRecord({"ask": STREAM_ASK, "device": dev, "profile": strategy.profiles[dev]})
+        rec[P.CONFIG] = ConfigRecord({P.ASK: P.ASK_STREAM, P.DEVICE: dev, P.PROFILE: strategy.profiles[dev]})
         msgs.append(Message(rec, dst_node_id=strategy.nodes[dev], message_type=MessageType.QUERY))
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -77,8 +77,8 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
             failed += 1
             log.warning("stream: device failed: %s", reply.error.reason.strip().splitlines()[-1:])
             continue
-        m = reply.content["metrics"]
-        dev = int(m["device"])
+        m = reply.content[P.METRICS]
+        dev = int(m[P.DEVICE])
         n = len(m["task"])
         for i in range(n):
             rows.append({"device": dev, "calibration": cfg.stream.calibration, "bits": ccfg.bits,
