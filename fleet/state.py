@@ -9,12 +9,12 @@ simply ignored and then overwritten.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from fleet.atomic import write_atomic
 
 __all__ = ["load_device_state", "save_device_state"]
 
@@ -47,11 +47,8 @@ def save_device_state(root: str, device: int, server_round: int, state: dict[str
     if not state:
         return
     folder = Path(root) / str(device)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()} or {"_empty": np.zeros(0)}, tmp)
-    os.replace(tmp, folder / f"r{server_round}.safetensors")
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    write_atomic(folder / f"r{server_round}.safetensors", lambda tmp: save_file(arrays, tmp))
     for r, p in _files(folder)[:-2]:
         if r < server_round:
             p.unlink(missing_ok=True)

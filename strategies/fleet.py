@@ -32,6 +32,7 @@ from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.model.roles import needs_reference
 from fleet.quant.codecs import Codec
 from fleet.config.scenario import ScenarioConfig
+from fleet.errors import one_line
 from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
 from fleet.train.schedule import round_window
 from fleet.hardware.profiles import nearest_bits
@@ -198,7 +199,7 @@ class FleetStrategy(Strategy):
             if pending is None:
                 continue
             if msg.has_error():
-                pending.status, pending.error = "failed", _one_line(msg.error.reason)
+                pending.status, pending.error = "failed", one_line(msg.error.reason, last_line=True) or "unknown error"
                 log_.reports.append(pending)
                 continue
             rep = P.DeviceReport.from_records(msg.content[P.METRICS], msg.content[P.REPORT])
@@ -212,7 +213,7 @@ class FleetStrategy(Strategy):
             try:
                 decoded[rep.device] = self._decode(payload, rep.bits)
             except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update
-                rep.status, rep.error = "rejected", _one_line(f"undecodable update: {exc}")
+                rep.status, rep.error = "rejected", one_line(f"undecodable update: {exc}", last_line=True)
                 continue
             ok[rep.device] = rep
         for pending in self.pending.values():  # never answered within the round timeout
@@ -294,7 +295,3 @@ def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Mess
     })
     return Message(content, dst_node_id=0, message_type=MessageType.TRAIN)
 
-
-def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"

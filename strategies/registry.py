@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fleet.errors import one_line
 from strategies.bitaware import BitAwareFedAvg
 
 # Fixed by the wrapper: the inner strategy must not sample on its own.
@@ -143,7 +144,7 @@ def construct_strategy(cls: type[Strategy], options: Mapping[str, object]) -> St
     except Exception as err:  # noqa: BLE001 - any constructor failure is a config error
         raise ValueError(
             f"{_blame(err, option_keys)} {cls.__name__} rejected "
-            f"the options: {type(err).__name__}: {_one_line(str(err))}"
+            f"the options: {one_line(err)}"
         ) from err
 
 
@@ -215,7 +216,3 @@ def _blame(err: Exception, keys: list[str]) -> str:
     if len(keys) == 1:
         return f"strategy.options.{keys[0]}:"
     return "strategy.name:"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fleet.atomic import write_atomic
 from fleet.model.bnstats import reestimate_bn
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
@@ -54,11 +54,8 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
 
 def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     """Write safetensors to a temporary file, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_state_checked(model: nn.Module, path: str, key: str = "model.checkpoint") -> None:

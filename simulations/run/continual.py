@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fleet import protocol as P
+from fleet.errors import one_line
 from fleet.config.scenario import ScenarioConfig
 from fleet.data.splits import FleetData
 from fleet.qcore.continual import deploy
@@ -75,7 +76,7 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
     for reply in grid.send_and_receive(msgs, timeout=cfg.federation.round_timeout_s):
         if reply.has_error():
             failed += 1
-            log.warning("stream: device failed: %s", reply.error.reason.strip().splitlines()[-1:])
+            log.warning("stream: device failed: %s", one_line(reply.error.reason, last_line=True))
             continue
         m = reply.content[P.METRICS]
         dev = int(m[P.DEVICE])

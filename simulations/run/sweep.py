@@ -31,6 +31,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from fleet.errors import one_line
 from simulations.analysis.compare import METRICS, SEED_KEY, Result, result_from_run, write_comparison
 from simulations.store.rundir import Run, RunDirError, is_run_dir, load_run
 
@@ -186,11 +187,6 @@ def _set_aside(path: Path, out: Path) -> None:
     shutil.move(str(path), dest_dir / f"{path.name}.{k}")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _execute(todo: list[PlannedRun], scenario: str, jobs: int, run_fn: RunFn) -> dict[str, str]:
     """Run the planned runs; return ``{run name: one-line error}`` for those that raised."""
     failed: dict[str, str] = {}
@@ -199,7 +195,7 @@ def _execute(todo: list[PlannedRun], scenario: str, jobs: int, run_fn: RunFn) ->
             try:
                 run_fn(scenario, dict(plan.overrides), plan.out_dir)
             except Exception as exc:  # one failed run must not stop the sweep
-                failed[plan.out_dir.name] = _one_line(exc)
+                failed[plan.out_dir.name] = one_line(exc)
         return failed
     ctx = get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
@@ -210,7 +206,7 @@ def _execute(todo: list[PlannedRun], scenario: str, jobs: int, run_fn: RunFn) ->
             for name, fut in futures.items():
                 exc = fut.exception()
                 if exc is not None:
-                    failed[name] = _one_line(exc)
+                    failed[name] = one_line(exc)
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from fleet import atomic
 from fleet.config.scenario import ScenarioConfig, unflatten
 from fleet.protocol import STATUSES
 from strategies.fleet import RoundLog
@@ -49,12 +49,8 @@ def new_run_dir(root: str | Path, scenario: str, out: str | None) -> Path:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_plain)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """A result file (numpy scalars and arrays as plain JSON), written atomically."""
+    atomic.write_json_atomic(path, obj, default=_plain)
 
 
 def _plain(v: Any) -> Any:
@@ -100,9 +96,7 @@ class RunDir:
                     continue  # a line torn by the crash
                 if row.get("round", 0) <= last_round:
                     kept.append(row)
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r, default=_plain) + "\n" for r in kept))
-            os.replace(tmp, path)
+            atomic.write_text_atomic(path, "".join(json.dumps(r, default=_plain) + "\n" for r in kept))
             if name == "devices.jsonl":
                 self.energy_j = sum(r.get("energy_j") or 0.0 for r in kept)
                 continue
