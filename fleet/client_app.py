@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from safetensors.torch import load_file
-from torch import nn
 
+from fleet import artifacts
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.model.roles import needs_reference
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import run_device_round
 from fleet.state import load_device_state, save_device_state
-from fleet.data.splits import fleet_data
-from fleet.model.architectures import build_model
-from fleet.model.reference import cache_dir, save_atomic, state_hash
 
 __all__ = ["app", "make_client_app", "config_from_run_config"]
 
@@ -44,41 +39,6 @@ def _parse(items: tuple[tuple[str, Any], ...]) -> ScenarioConfig:
 def config_from_run_config(run_config: Mapping[str, Any]) -> ScenarioConfig:
     """Parse (once per process) the scenario carried by a run config."""
     return _parse(tuple(sorted(run_config.items(), key=lambda kv: kv[0])))
-
-
-_REFERENCES: dict[str, nn.Module] = {}  # read-only float references by content hash, shared by this process
-
-
-def _as_model(cfg: ScenarioConfig, state: dict[str, torch.Tensor]) -> nn.Module:
-    ds = fleet_data(cfg).dataset
-    model = build_model(cfg.model.arch, ds.in_shape, ds.num_classes)
-    model.load_state_dict(state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def _reference(cfg: ScenarioConfig, ref_hash: str, content: RecordDict) -> nn.Module:
-    """The frozen reference: kept by hash in this process; the first copy comes with a message (and is also
-    written to the device's disk cache), or from that disk cache when this process has not seen it yet."""
-    if ref_hash in _REFERENCES:
-        return _REFERENCES[ref_hash]
-    path = Path(cache_dir(cfg)) / "refs" / "by-hash" / f"{ref_hash}.safetensors"
-    if P.REFERENCE in content:
-        state = {k: torch.from_numpy(v) for k, v in record_to_numpy(content[P.REFERENCE]).items()}
-        if state_hash(state) != ref_hash:
-            raise ValueError("reference arrays do not match their hash")
-        if not path.is_file():
-            save_atomic(state, path)
-    elif path.is_file():
-        state = load_file(str(path))
-    else:
-        raise RuntimeError(f"float reference {ref_hash} was never received by this device")
-    if len(_REFERENCES) >= 2:
-        _REFERENCES.clear()
-    _REFERENCES[ref_hash] = _as_model(cfg, state)
-    return _REFERENCES[ref_hash]
 
 
 def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndarray]:
@@ -102,7 +62,8 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     downlink = msg.content[P.ARRAYS].count_bytes()
     if P.REFERENCE in msg.content:
         downlink += msg.content[P.REFERENCE].count_bytes()
-    reference = (_reference(cfg, ins.ref_hash, msg.content)
+    sent = record_to_numpy(msg.content[P.REFERENCE]) if P.REFERENCE in msg.content else None
+    reference = (artifacts.reference(cfg, ins.ref_hash, sent)
                  if needs_reference(cfg, ins.weight_bits, ins.act_bits) else None)
     state = _load_state(context, ins)
     out = run_device_round(cfg, ins, global_arrays, reference, state, downlink)

@@ -25,7 +25,8 @@ from fleet.quant.spec import is_quantized
 from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.model.bnstats import has_batchnorm, reestimate_bn
 from fleet.config.scenario import ScenarioConfig, parse_config
-from fleet.device import BN_REFRESH_SAMPLES, codec_for
+from fleet.model.bnstats import BN_REFRESH_SAMPLES
+from fleet.quant.codecs import scenario_codec
 from fleet.data.splits import fleet_data, test_subset
 from fleet.quant.convert import init_quantizers
 from fleet.model.reference import reference_model, save_atomic
@@ -79,7 +80,7 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
         init_quantizers(model, ds.x_train[calib[:256]])
         reestimate_bn(model, ds.x_train[calib[:BN_REFRESH_SAMPLES]])  # the quantized model's own statistics
     initial = state_arrays(model) if ckpt is None else ckpt.arrays
-    codec = codec_for(cfg)
+    codec = scenario_codec(cfg)
     qinfo = model_quant_info(model) if quantized else None
     inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
     ref_state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}

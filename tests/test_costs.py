@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from fleet.hardware.costs import (
-    RoundCost,
-    apply_deadline,
-    device_round_cost,
-    model_flops,
-    round_time,
-    truncate_cost,
-)
+from fleet.hardware.clock import RoundCost, apply_deadline, device_round_cost
+from fleet.hardware.flops import model_flops
 from fleet.model.architectures import build_model
 from fleet.hardware.profiles import DeviceProfile
 
@@ -97,15 +91,23 @@ def test_deadline_unknown_policy() -> None:
         apply_deadline(COST, 3.0, "wait")
 
 
-def test_truncate_cost_scales_compute_only(board: DeviceProfile) -> None:
-    # Prepare: 8 GFLOP at 0.5 J/GFLOP = 4 J compute, so 6 J of the 10 J are radio.
+def test_matmul_only_counts_qcore_layers_like_the_float_ones() -> None:
+    # Prepare: conv 1->2 (3x3, pad 1) on 4x4 and linear 32->3, float and as QCore's integer-code layers
+    from fleet.qcore.quant import to_qcore
+    import torch
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    qmodel = to_qcore(model, 4, torch.randn(8, 1, 4, 4))
+
     # Execute
-    cut = truncate_cost(board, COST, 0.5)
-    # Assert: 2 s compute + 1 s comm; 4 GFLOP * 0.5 J + 6 J radio = 8 J.
-    assert cut == RoundCost(compute_s=2.0, comm_s=1.0, total_s=3.0, energy_j=8.0, gflop=4.0)
+    flops, qflops = model_flops(model, (1, 4, 4), matmul_only=True), model_flops(qmodel, (1, 4, 4), matmul_only=True)
+
+    # Assert: 2 * (16 outputs * 2 channels * 9 + 32 * 3) MACs, no bias, no ReLU
+    assert flops == qflops == 2 * (16 * 2 * 9 + 32 * 3)
 
 
-def test_round_time_is_slowest_accepted() -> None:
-    fast = RoundCost(1.0, 0.5, 1.5, 1.0, 1.0)
-    assert round_time([fast, COST]) == 5.0
-    assert round_time([]) == 0.0
+def test_cut_does_not_count_compute_already_spent() -> None:
+    # Prepare: 4 s compute of which 1 s scoring (done before training), 1 s comm, deadline 3 s
+    # Execute / Assert: 3 - 1 comm - 1 scoring = 1 s left for 3 s of training -> a third of it
+    assert apply_deadline(COST, 3.0, "cut", fixed_s=1.0) == ("ok", 1.0 / 3.0)
+    assert apply_deadline(COST, 2.0, "cut", fixed_s=1.0) == ("straggler", 0.0)  # nothing left after scoring

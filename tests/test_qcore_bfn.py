@@ -8,7 +8,8 @@ from torch import nn
 
 from fleet.model.architectures import build_model
 from fleet.qcore.bfn import BFNSet, build_bfn, capture_inputs, fit_bfns
-from fleet.qcore.calibrate import CalibrationContext, forward_flops, record_flip_pairs
+from fleet.hardware.flops import model_flops
+from fleet.qcore.calibrate import CalibrationContext, record_flip_pairs
 from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers, to_qcore
 from fleet.quant.spec import qrange
 
@@ -85,7 +86,7 @@ def test_capture_inputs_and_flops_count() -> None:
         "fc1": (3, 64), "fc2": (3, 128), "classifier": (3, 64)}
     assert logits.shape == (3, 10)
     # 2 * MACs = 2 * (64*128 + 128*64 + 64*10)
-    assert forward_flops(model, (1, 8, 8)) == 2 * (64 * 128 + 128 * 64 + 64 * 10)
+    assert model_flops(model, (1, 8, 8), matmul_only=True) == 2 * (64 * 128 + 128 * 64 + 64 * 10)
 
 
 def test_recorded_pairs_fit_reduces_loss() -> None:
@@ -95,7 +96,7 @@ def test_recorded_pairs_fit_reduces_loss() -> None:
     x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 10, (20,))
     bfns = BFNSet(model, hidden=8)
     bfns.set_reference(model, x)
-    ctx = CalibrationContext(forward_flops(model, (1, 8, 8)), epochs=6, code_lr=0.3)
+    ctx = CalibrationContext(model_flops(model, (1, 8, 8), matmul_only=True), epochs=6, code_lr=0.3)
     # Execute
     pairs = record_flip_pairs(model, x, y, ctx, bfns, every=2)
     feats, codes, target = pairs["fc1"][0]

@@ -213,7 +213,7 @@ class DevicesConfig:
     availability: str = opt("always", "who is online", choices=("always", "profile"))
     deadline_s: float = opt(0.0, "simulated seconds a device has per round (0 = no deadline)", ge=0)
     straggler_policy: str = opt("drop", "late devices are dropped or cut to the work that fits",
-                                choices=Registry("fleet.hardware.costs", "DEADLINE_POLICIES"))
+                                choices=Registry("fleet.hardware.clock", "DEADLINE_POLICIES"))
     over_selection: float = opt(1.0, "sample this many times devices-per-round, keep the first to finish",
                                 ge=1)
     memory_policy: str = opt("fail", "over the memory budget: fail as OOM or shrink the batch",

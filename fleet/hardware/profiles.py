@@ -2,7 +2,7 @@
 
 A profile is the only thing that makes one simulated device slower, smaller or
 worse connected than another: Ray runs every virtual device on the same host, and
-the virtual clock (``fleet.hardware.costs``) turns a profile plus the round's work into
+the virtual clock (``fleet.hardware.clock``) turns a profile plus the round's work into
 seconds and joules. Figures and their sources: ``docs/device-profiles.md``.
 
 Examples

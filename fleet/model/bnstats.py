@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["has_batchnorm", "reestimate_bn"]
+__all__ = ["BN_REFRESH_SAMPLES", "has_batchnorm", "reestimate_bn"]
+
+BN_REFRESH_SAMPLES = 2048  # samples a device (or the server) re-estimates the statistics on, at most
 
 
 def has_batchnorm(model: nn.Module) -> bool:

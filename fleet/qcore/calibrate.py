@@ -26,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.qcore.bfn import BFNSet, FlipPair, capture_inputs
-from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers
+from fleet.qcore.quant import qcore_layers
 
 __all__ = [
     "CalibrationContext",
-    "forward_flops",
     "backprop_calibrate",
     "record_flip_pairs",
     "CALIBRATIONS",
@@ -46,7 +45,7 @@ class CalibrationContext:
     Parameters
     ----------
     forward_flops : int
-        Forward FLOPs of the model per sample (``forward_flops(model, in_shape)``).
+        Forward FLOPs of the model per sample (``model_flops(model, in_shape, matmul_only=True)``).
     epochs : int
         BP epochs per stream batch (default: 10; the code uses 50 off-device).
     lr : float
@@ -66,28 +65,6 @@ class CalibrationContext:
     code_lr: float = 0.01
     batch_size: int = 128
     bfns: BFNSet | None = None
-
-
-def forward_flops(model: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    """Forward FLOPs per sample: 2 * MACs of the quantized Conv2d/Linear layers."""
-    macs = 0
-
-    def hook(m: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(m, CodeConv2d):
-            k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-            macs += out[0].numel() * k
-        elif isinstance(m, CodeLinear):
-            macs += m.in_features * m.out_features
-    hooks = [m.register_forward_hook(hook) for m in qcore_layers(model).values()]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *in_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    return 2 * macs
 
 
 def backprop_calibrate(

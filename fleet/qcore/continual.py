@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fleet.hardware.flops import model_flops
 from fleet.qcore.bfn import BFNSet, FlipPair, fit_bfns
 from fleet.qcore.calibrate import (
     CALIBRATIONS,
@@ -31,7 +32,6 @@ from fleet.qcore.calibrate import (
     CalibrationContext,
     backprop_calibrate,
     build_calibration,
-    forward_flops,
     record_flip_pairs,
 )
 from fleet.qcore.misses import update_core
@@ -197,7 +197,7 @@ def deploy(
         all calibration methods can share one deployment.
     """
     model = copy.deepcopy(qmodel)
-    ff = forward_flops(model, tuple(core[0].shape[1:]))
+    ff = model_flops(model, tuple(core[0].shape[1:]), matmul_only=True)
     backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr, init_code_lr))
     if not with_bfns:
         return Deployment(model, core, None)
@@ -256,7 +256,7 @@ def run_device_stream(
     if cfg.calibration == "bfn" and bfns is None:
         raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy(with_bfns=True))")
     model = copy.deepcopy(model)
-    ff = forward_flops(model, tuple(x_train.shape[1:]))
+    ff = model_flops(model, tuple(x_train.shape[1:]), matmul_only=True)
     ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, bfns=bfns)
     policy = CORE_POLICY[cfg.calibration]
     out = []

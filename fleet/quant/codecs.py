@@ -31,10 +31,12 @@ from typing import Protocol
 
 import numpy as np
 
+from fleet.config.scenario import ScenarioConfig
 from fleet.quant.packing import pack_codes, unpack_codes
 from fleet.quant.spec import QuantInfo, qrange
 
 __all__ = [
+    "scenario_codec",
     "Codec",
     "CODECS",
     "build_codec",
@@ -321,3 +323,14 @@ def build_codec(name: str, **options: object) -> Codec:
         valid = ", ".join(allowed) or "none"
         raise ValueError(f"unknown option(s) {unknown} for codec '{name}'; valid: {valid}")
     return factory(**options)
+
+
+def scenario_codec(cfg: ScenarioConfig) -> Codec:
+    """The codec a scenario's devices upload with (``quant.codec``, per-channel scales for delta codecs)."""
+    name = cfg.quant.codec
+    opts: dict[str, object] = {"per_channel": cfg.quant.codec_per_channel} if "per_channel" in _options(name) else {}
+    return build_codec(name, **opts)
+
+
+def _options(name: str) -> set[str]:
+    return set(inspect.signature(CODECS[name]).parameters) if name in CODECS else set()

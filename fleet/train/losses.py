@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLC_MAPPINGS", "FeatureTaps", "auto_beta", "clc_loss", "kd_loss"]
+from fleet.config.scenario import ScenarioConfig
+from fleet.model.architectures import block_names
+
+__all__ = ["CLC_MAPPINGS", "FeatureTaps", "auto_beta", "clc_layer_names", "clc_loss", "kd_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +198,11 @@ def auto_beta(l_kd: float, l_clc: float, ratio: float, fallback: float = 0.0) ->
         logger.warning("auto_beta: L_CLC = %s, using fallback beta %s", l_clc, fallback)
         return fallback
     return ratio * l_kd / l_clc
+
+
+def clc_layer_names(cfg: ScenarioConfig, model: nn.Module) -> list[str]:
+    """``train.clc-layers`` resolved against the model's blocks ('all' = every block)."""
+    text = cfg.train.clc_layers.strip()
+    if text == "all":
+        return block_names(model)
+    return [n.strip() for n in text.split(",") if n.strip()]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.config.scenario import ConfigError, ScenarioConfig, load_scenario_file, parse_config, parse_override
-from fleet.hardware.costs import model_flops
+from fleet.hardware.flops import model_flops
 from fleet.hardware.catalogue import catalogue, device_profiles
 from fleet.model.architectures import build_model
 
@@ -51,7 +51,8 @@ def load_config(scenario: str, overrides: Mapping[str, Any] | list[str] = ()) ->
 def preflight(cfg: ScenarioConfig) -> list[str]:
     """Check what the config alone cannot (files, names, hardware); returns warnings."""
     from fleet.model.assembly import keep_fp_names
-    from fleet.device import clc_layer_names, codec_for
+    from fleet.quant.codecs import scenario_codec
+    from fleet.train.losses import clc_layer_names
     from fleet.data.splits import fleet_data
     from fleet.train.losses import FeatureTaps
     from fleet.model.reference import load_state_checked
@@ -63,7 +64,7 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     except ValueError as exc:
         raise ConfigError(*_split(str(exc), "strategy.name")) from None
     try:
-        codec_for(cfg)
+        scenario_codec(cfg)
     except ValueError as exc:
         raise ConfigError("quant.codec", str(exc)) from None
     names = device_profiles(cfg)

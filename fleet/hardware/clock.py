@@ -1,4 +1,4 @@
-"""Virtual-clock cost model: compute, communication and energy of one device round.
+"""Virtual clock: compute time, communication time and energy of one device round.
 
 The clock follows FedScale: a training sample costs three forward passes (forward
 plus a backward twice as expensive), an inference pass (teacher outputs, coreset
@@ -19,92 +19,14 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
 
 from fleet.hardware.profiles import DeviceProfile
 
-__all__ = [
-    "DEADLINE_POLICIES",
-    "RoundCost",
-    "apply_deadline",
-    "device_round_cost",
-    "model_flops",
-    "round_time",
-    "truncate_cost",
-]
+__all__ = ["DEADLINE_POLICIES", "RoundCost", "apply_deadline", "device_round_cost"]
 
 DEADLINE_POLICIES = ("drop", "cut")
 _TRAIN_PASSES = 3.0  # forward + backward (2x forward), as FedScale's completion time
-
-# Elementwise modules: one FLOP per output element.
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
-                nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
-
-
-def _module_flops(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Forward FLOPs of one leaf module for the hooked (1-sample) call."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        macs = out.numel() * (module.in_channels // module.groups) * kh * kw
-        return 2 * macs + (out.numel() if module.bias is not None else 0)
-    if isinstance(module, nn.Linear):
-        rows = out.numel() // module.out_features
-        macs = rows * module.in_features * module.out_features
-        return 2 * macs + (out.numel() if module.bias is not None else 0)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return 2 * out.numel()  # folded to y = a*x + b per element
-    if isinstance(module, _ELEMENTWISE):
-        return out.numel()
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                           nn.AdaptiveMaxPool2d)):
-        return inp.numel()  # every input element is read once by some window
-    return 0
-
-
-def model_flops(model: nn.Module, in_shape: tuple[int, ...]) -> int:
-    """Forward FLOPs per sample, measured once with forward hooks on a 1-sample input.
-
-    Counted: 2*MACs (+ bias adds) of ``Conv2d``/``Linear`` (subclasses included, so
-    quantized layers that subclass them count), 2 per element for batch norm, 1 per
-    element for activations, 1 per input element for pooling. Not counted: residual
-    additions and other functional ops outside modules, and fake-quantization
-    (``device_round_cost(qat_overhead=...)`` covers it). Conv/Linear dominate for
-    every registry model, so the omissions are a few percent.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Model to measure; its train/eval flags are restored afterwards.
-    in_shape : tuple of int
-        Input shape of one sample, ``(C, H, W)``.
-    """
-    total = 0
-
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if len(list(module.children())) == 0 and isinstance(out, torch.Tensor):
-            total += _module_flops(module, args[0], out)
-
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        # eval: batch-1 batch norm in train mode would fail on (1, C) inputs and
-        # would update running statistics; the FLOP count does not depend on it.
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros((1, *in_shape), device=device))  # (1, C, H, W)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    return int(total)
 
 
 @dataclass(frozen=True)
@@ -195,7 +117,7 @@ def device_round_cost(
     return RoundCost(compute_s, comm_s, compute_s + comm_s, energy_j, gflop)
 
 
-def apply_deadline(cost: RoundCost, deadline_s: float, policy: str) -> tuple[str, float]:
+def apply_deadline(cost: RoundCost, deadline_s: float, policy: str, fixed_s: float = 0.0) -> tuple[str, float]:
     """Decide whether a device meets the round deadline.
 
     Parameters
@@ -207,8 +129,10 @@ def apply_deadline(cost: RoundCost, deadline_s: float, policy: str) -> tuple[str
     policy : str
         ``"drop"``: a late device is a straggler and contributes nothing.
         ``"cut"``: a late device stops computing at the deadline and sends what it
-        has; the fraction is the compute time left after communication over the
-        full compute time (FedProx-style partial work).
+        has; the fraction is the compute time left after communication and ``fixed_s``
+        over the compute time that can be cut (FedProx-style partial work).
+    fixed_s : float
+        Compute seconds already spent before training and not cut (coreset scoring).
 
     Returns
     -------
@@ -221,27 +145,8 @@ def apply_deadline(cost: RoundCost, deadline_s: float, policy: str) -> tuple[str
         return "ok", 1.0
     if policy == "drop":
         return "straggler", 0.0
-    budget_s = deadline_s - cost.comm_s
-    if budget_s <= 0 or cost.compute_s <= 0:
+    budget_s = deadline_s - cost.comm_s - fixed_s
+    cuttable_s = cost.compute_s - fixed_s
+    if budget_s <= 0 or cuttable_s <= 0:
         return "straggler", 0.0
-    return "ok", budget_s / cost.compute_s
-
-
-def truncate_cost(profile: DeviceProfile, cost: RoundCost, work_fraction: float) -> RoundCost:
-    """Cost of doing only ``work_fraction`` of the compute (the "cut" policy).
-
-    Communication and radio energy are unchanged; compute time, GFLOP and compute
-    energy scale linearly.
-    """
-    if not 0.0 <= work_fraction <= 1.0:
-        raise ValueError(f"work_fraction: must be in [0, 1], got {work_fraction}")
-    radio_j = cost.energy_j - cost.gflop * profile.energy_j_per_gflop
-    compute_s = cost.compute_s * work_fraction
-    gflop = cost.gflop * work_fraction
-    return RoundCost(compute_s, cost.comm_s, compute_s + cost.comm_s,
-                     gflop * profile.energy_j_per_gflop + radio_j, gflop)
-
-
-def round_time(costs_of_accepted: Iterable[RoundCost]) -> float:
-    """Virtual length of a synchronous round: the slowest accepted device (0 if none)."""
-    return max((c.total_s for c in costs_of_accepted), default=0.0)
+    return "ok", budget_s / cuttable_s
