@@ -10,46 +10,61 @@ from __future__ import annotations
 import copy
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.quant.spec import is_quantized
-from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
-from fleet.model.bnstats import has_batchnorm, reestimate_bn
 from fleet.config.scenario import ScenarioConfig, parse_config
-from fleet.model.bnstats import BN_REFRESH_SAMPLES
-from fleet.quant.codecs import scenario_codec
-from fleet.data.splits import fleet_data, test_subset
-from fleet.quant.convert import init_quantizers
+from fleet.data.splits import FleetData, fleet_data, test_subset
+from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
+from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
 from fleet.model.reference import reference_model, save_atomic
-from fleet.train.loop import evaluate
-from simulations.store.checkpoint import (CheckpointError, config_hash, fleet_part, inner_part, latest_checkpoint,
-                                    restore_object_state, save_checkpoint)
-from simulations.store.deploy import export_deployable, write_qgt_report
-from simulations.store.results import RunDir, new_run_dir
+from fleet.quant.codecs import scenario_codec
+from fleet.quant.convert import init_quantizers
+from fleet.quant.spec import is_quantized
 from simulations.run.continual import run_stream_phase
-from strategies.fleet import FleetStrategy, is_eval_round
+from simulations.store.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    config_hash,
+    fleet_part,
+    inner_part,
+    latest_checkpoint,
+    restore_object_state,
+)
+from simulations.store.deploy import export_deployable, write_qgt_report
+from simulations.store.recorder import CentralEvaluator, ProgressFn, RoundRecorder, round_callback
+from simulations.store.results import RunDir, new_run_dir
+from strategies.fleet import FleetStrategy
 from strategies.loader import load_strategy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["app", "make_server_app", "run_fleet"]
 
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)  # Flower's own samplers use the global `random`
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@dataclass
+class _Start:
+    """What the run starts from: the data, the float reference, the global model and its first arrays."""
+
+    fd: FleetData
+    reference: torch.nn.Module
+    ref_hash: str
+    model: torch.nn.Module
+    initial: dict[str, np.ndarray]
 
 
 def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None,
@@ -58,6 +73,29 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
     cfg_hash = config_hash(cfg.to_flat())
+    ckpt = _open_run_dir(out, run_dir, cfg_hash, resume)
+    start = _global_start(cfg, out, ckpt)
+    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+    strategy = _fleet_strategy(cfg, inner, start, run_dir, ckpt)
+    # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
+    strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
+    ds = start.fd.dataset
+    x_test, y_test = test_subset(ds.x_test, ds.y_test, cfg.data.test_limit)
+    evaluator = CentralEvaluator(start.model, x_test, y_test)
+    recorder = RoundRecorder(out, run_dir, strategy, inner, cfg_hash, cfg.output.keep_checkpoints, progress)
+    final_arrays = start.initial
+    remaining = cfg.federation.rounds - strategy.round_offset
+    if remaining > 0:
+        result = strategy.start(grid=grid, initial_arrays=record_from_numpy(start.initial),
+                                num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
+                                evaluate_fn=round_callback(cfg, strategy, evaluator, recorder, ckpt is not None))
+        if result.arrays is not None and len(result.arrays):
+            final_arrays = record_to_numpy(result.arrays)
+    return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, (x_test, y_test))
+
+
+def _open_run_dir(out: RunDir, run_dir: Path, cfg_hash: str, resume: bool) -> Checkpoint | None:
+    """A new run writes its config; a resumed one checks it against the checkpoint and drops later lines."""
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None and ckpt.config_hash != cfg_hash:
         raise CheckpointError(f"{run_dir}: config.toml changed since the checkpoint of round {ckpt.round}")
@@ -66,77 +104,59 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     else:
         out.write_config()
     out.write_summary("running")
+    return ckpt
+
+
+def _global_start(cfg: ScenarioConfig, out: RunDir, ckpt: Checkpoint | None) -> _Start:
+    """The float reference and the global model at the scenario's width: a quantized start has its steps
+    initialised and its BatchNorm statistics measured on public data (or the checkpoint's arrays, resumed)."""
     fd = fleet_data(cfg)
     ds = fd.dataset
     if ckpt is None:
         out.write_partition(fd.histograms(), [len(t) for t in fd.train], [len(v) for v in fd.val])
     reference, ref_hash, fp_acc = reference_model(cfg, fd)
     out.summary["fp_reference_accuracy"] = fp_acc
-    wb, ab = cfg.quant.weight_bits, cfg.quant.act_bits
-    model = trainable_model(cfg, reference, wb, ab)
-    quantized = is_quantized(wb, ab)
-    if quantized and ckpt is None:
+    model = trainable_model(cfg, reference, cfg.quant.weight_bits, cfg.quant.act_bits)
+    if is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits) and ckpt is None:
         calib = fd.public if len(fd.public) else np.concatenate(fd.train)[:256]
         init_quantizers(model, ds.x_train[calib[:256]])
         reestimate_bn(model, ds.x_train[calib[:BN_REFRESH_SAMPLES]])  # the quantized model's own statistics
     initial = state_arrays(model) if ckpt is None else ckpt.arrays
-    codec = scenario_codec(cfg)
-    qinfo = model_quant_info(model) if quantized else None
-    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
-    ref_state = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
-    strategy = FleetStrategy(inner, cfg, codec, qinfo, ref_state, ref_hash)
-    strategy.state_dir = str(run_dir / "device-state")
-    strategy.refine = _bn_refiner(cfg, model, ds.x_train[fd.public[:BN_REFRESH_SAMPLES]])
+    return _Start(fd, reference, ref_hash, model, initial)
+
+
+def _fleet_strategy(cfg: ScenarioConfig, inner: Strategy, start: _Start, run_dir: Path,
+                    ckpt: Checkpoint | None) -> FleetStrategy:
+    """The fleet wrapper around the inner strategy, restored from the checkpoint when resuming."""
+    quantized = is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits)
+    ref_state = {k: v.detach().numpy().copy() for k, v in start.reference.state_dict().items()}
+    x_public = start.fd.dataset.x_train[start.fd.public[:BN_REFRESH_SAMPLES]]
+    strategy = FleetStrategy(inner, cfg, scenario_codec(cfg), model_quant_info(start.model) if quantized else None,
+                             ref_state, start.ref_hash, state_dir=str(run_dir / "device-state"),
+                             refine=_bn_refiner(cfg, start.model, x_public),
+                             round_offset=ckpt.round if ckpt is not None else 0)
     if ckpt is not None:
         strategy.load_state_dict(fleet_part(ckpt))
         restore_object_state(inner, inner_part(ckpt), ckpt.inner_meta)
-        strategy.round_offset = ckpt.round
         ckpt.restore_rngs()
-    # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
-    strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
-    x_test, y_test = test_subset(ds.x_test, ds.y_test, cfg.data.test_limit)
-    eval_model = copy.deepcopy(model)
-    clock = {"t": time.perf_counter()}
+    return strategy
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Round 0 (the starting model) and every round's line; evaluation every ``federation.eval-every``."""
-        rnd = strategy.round_offset if server_round == 0 else strategy.last.server_round  # type: ignore[union-attr]
-        if server_round == 0 and ckpt is not None:
-            return None  # resumed: round 0 and the checkpoint's rounds are on disk already
-        global_arrays = record_to_numpy(arrays)
-        acc = loss = None
-        if server_round == 0 or is_eval_round(rnd, cfg):
-            load_arrays(eval_model, global_arrays)
-            acc, loss = evaluate(eval_model, x_test, y_test)
-        now = time.perf_counter()
-        if server_round == 0:
-            row = out.record_start(acc, loss, now - clock["t"])
-        else:
-            row = out.record_round(strategy.last, acc, loss, now - clock["t"])  # type: ignore[arg-type]
-            save_checkpoint(run_dir, rnd, global_arrays, strategy.state_dict(), inner, cfg_hash,
-                            cfg.output.keep_checkpoints)
-        clock["t"] = now
-        if progress is not None:
-            progress(row)
-        return None if acc is None else MetricRecord({"accuracy": acc, "loss": loss})
 
-    remaining = cfg.federation.rounds - strategy.round_offset
-    final_arrays = initial
-    if remaining > 0:
-        result = strategy.start(grid=grid, initial_arrays=record_from_numpy(initial),
-                                num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
-                                evaluate_fn=evaluate_fn)
-        if result.arrays is not None and len(result.arrays):
-            final_arrays = record_to_numpy(result.arrays)
-    load_arrays(eval_model, final_arrays)
-    save_atomic(eval_model.state_dict(), run_dir / "model.safetensors")
+def _finish(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, strategy: FleetStrategy, start: _Start,
+            final_arrays: dict[str, np.ndarray], test: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """The final model on disk, its QGT ranking and deployable export, the continual phase; the summary."""
+    wb = cfg.quant.weight_bits
+    quantized = is_quantized(wb, cfg.quant.act_bits)
+    model = copy.deepcopy(start.model)
+    load_arrays(model, final_arrays)
+    save_atomic(model.state_dict(), run_dir / "model.safetensors")
     if cfg.train.qgt_lambda > 0 or quantized:
-        write_qgt_report(eval_model, wb if wb < 32 else 8, run_dir)
-    extra = export_deployable(eval_model, reference, cfg, run_dir, x_test, y_test) if quantized else {
-        "model_size_bytes": _fp32_bytes(eval_model), "fp32_model_size_bytes": _fp32_bytes(eval_model)}
+        write_qgt_report(model, wb if wb < 32 else 8, run_dir)
+    extra = export_deployable(model, start.reference, cfg, run_dir, *test) if quantized else {
+        "model_size_bytes": _fp32_bytes(model), "fp32_model_size_bytes": _fp32_bytes(model)}
     if cfg.stream.enabled:
         out.write_summary("running", **extra)
-        extra["continual"] = run_stream_phase(grid, cfg, strategy, _float_copy(eval_model, reference), fd,
+        extra["continual"] = run_stream_phase(grid, cfg, strategy, _float_copy(model, start.reference), start.fd,
                                               run_dir, out.append)
     return out.write_summary("complete", **extra)
 

@@ -36,7 +36,7 @@ from fleet.errors import one_line
 from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
 from fleet.train.schedule import round_window
 from fleet.hardware.profiles import nearest_bits
-from fleet.quant.spec import QuantInfo, is_quantizer_key
+from fleet.quant.spec import is_quantizer_key
 from strategies.guard import screen_updates
 from strategies.sampling import draw_faults, sample_devices
 
@@ -74,10 +74,19 @@ class FleetStrategy(Strategy):
         The float reference's state, sent to each device once.
     ref_hash : str
         Its content hash.
+    state_dir : str
+        Where devices keep their state between rounds ("" = Flower's ``context.state``; simulation: inside the
+        run directory).
+    refine : callable or None
+        Applied to each aggregated model (the composition root passes BatchNorm re-estimation on public data).
+    round_offset : int
+        Rounds already done before this ``start()`` (a resumed run).
     """
 
     def __init__(self, inner: Strategy, cfg: ScenarioConfig, codec: Codec, qinfo: Any,
-                 reference: dict[str, np.ndarray], ref_hash: str) -> None:
+                 reference: dict[str, np.ndarray], ref_hash: str, *, state_dir: str = "",
+                 refine: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+                 round_offset: int = 0) -> None:
         self.inner, self.cfg, self.codec, self.qinfo = inner, cfg, codec, qinfo
         self.reference = record_from_numpy(reference)
         self.reference_bytes = self.reference.count_bytes()
@@ -89,13 +98,12 @@ class FleetStrategy(Strategy):
         self.nodes: dict[int, int] = {}  # device index -> node id
         self.participation = np.zeros(cfg.federation.num_devices, dtype=np.int64)
         self.has_reference = np.zeros(cfg.federation.num_devices, dtype=bool)
-        self.round_offset = 0  # rounds already done before this start() (resume)
-        self.state_dir = ""  # devices' local storage for their state (simulation: inside the run directory)
+        self.round_offset = round_offset
+        self.state_dir = state_dir
         self.current: dict[str, np.ndarray] = {}
         self.pending: dict[int, P.DeviceReport] = {}
         self.last: RoundLog | None = None
-        # Applied to the aggregated arrays (the composition root sets it: BatchNorm re-estimation on public data).
-        self.refine: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+        self.refine = refine
 
     # -- roster --------------------------------------------------------------------------------
     def discover(self, grid: Grid, timeout: float) -> None:

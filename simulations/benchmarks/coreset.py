@@ -17,12 +17,9 @@ already in the file (resume).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -36,12 +33,13 @@ from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.data.splits import device_data, fleet_data, test_subset
 from fleet.train.losses import FeatureTaps, clc_loss, kd_loss
 from fleet.quant.convert import init_quantizers
+from simulations.benchmarks.common import RESULTS, machine, read_json, write_json
 from simulations.benchmarks.coreset_data import BenchData, load_reference, prepare
 from simulations.benchmarks.coreset_fed import run_fed
 from simulations.benchmarks.coreset_single import run_single
 from simulations.analysis.stats import format_ci, mean_ci95
 
-OUT = Path(__file__).parent / "results" / "coreset.json"
+OUT = RESULTS / "coreset.json"
 BITS = (2, 4)
 FRACTIONS = (0.01, 0.1)
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {  # label -> (method, overrides); "BETA" = the probed beta
@@ -130,23 +128,6 @@ def probe_beta(data: BenchData, bits: int, budget: dict[str, Any]) -> dict[str, 
             "ratio_at_1e5": l_kd / (1e5 * l_clc)}
 
 
-def _machine() -> dict[str, Any]:
-    import flwr
-    import ray
-
-    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), None) if Path("/proc/meminfo").is_file() else None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cores": os.cpu_count(), "memory_mb": mem, "torch": torch.__version__, "flwr": flwr.__version__,
-            "ray": ray.__version__, "python": platform.python_version(), "git_commit": commit,
-            "load_average_start": list(os.getloadavg()),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 def _cells(budget: dict[str, Any]) -> list[tuple[int, float, str]]:
     rows = budget.get("rows", list(ROWS))
     out = []
@@ -173,7 +154,7 @@ def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         cells.setdefault(k.rsplit("|seed", 1)[0], []).append(r)
     out = {}
     for key, rs in cells.items():
-        acc = mean_ci95([r["accuracy"] for r in rs]) if len(rs) > 1 else (rs[0]["accuracy"], float("nan"))
+        acc = mean_ci95([r["accuracy"] for r in rs])  # half-width nan for one seed
         wall = sum(r["wall_s"] for r in rs) / len(rs)
         share = [r["selection_s"] / r["wall_s"] if "selection_s" in r else r["selection_share"] for r in rs]
         out[key] = {"n": len(rs), "accuracy_mean": acc[0], "accuracy_ci95": acc[1], "wall_s_mean": wall,
@@ -231,8 +212,7 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
         record["parts"].append({"file": p.name, "machine": part.get("machine"), "elapsed_s": part.get("elapsed_s")})
         record.update({k: part[k] for k in ("train", "rows", "machine") if k in part})
     record["summary"] = summarise(record["runs"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    write_json(out, record, indent=1, default=float)
     print_table(record["summary"], list(record["budgets"]))
     print("\n" + markdown_table(record["summary"], list(record["budgets"])))
     print(f"\nprobe (start of training, seed 0): {json.dumps(record['probe'])}")
@@ -261,13 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     datasets = QUICK_DATA if args.quick else DATA
     order = [k for k in budgets if not args.only or k in args.only.split(",")]
     record: dict[str, Any] = {"benchmark": "coreset", "quick": args.quick, "runs": {}}
-    if args.out.is_file():
-        old = json.loads(args.out.read_text())
-        if old.get("quick") == args.quick:  # resume: keep the finished runs of every unchanged setting
-            same = {sd for sd in budgets if _run_budget(old.get("budgets", {}).get(sd)) == _run_budget(budgets[sd])}
-            cells = {_key(sd, *c) for sd in same for c in _cells(budgets[sd])}
-            record["runs"] = {k: v for k, v in old.get("runs", {}).items() if k.rsplit("|seed", 1)[0] in cells}
-    record.update({"budgets": budgets, "data": {}, "train": TRAIN, "machine": _machine(), "probe": {},
+    old = read_json(args.out)
+    if old is not None and old.get("quick") == args.quick:  # resume: keep the finished runs of every unchanged setting
+        same = {sd for sd in budgets if _run_budget(old.get("budgets", {}).get(sd)) == _run_budget(budgets[sd])}
+        cells = {_key(sd, *c) for sd in same for c in _cells(budgets[sd])}
+        record["runs"] = {k: v for k, v in old.get("runs", {}).items() if k.rsplit("|seed", 1)[0] in cells}
+    # the machine block under the key names coreset.json has always used
+    facts = machine(("cores", "memory_mb", "torch", "flwr", "ray", "python", "commit", "load_avg", "date"),
+                    rename={"commit": "git_commit", "load_avg": "load_average_start"})
+    record.update({"budgets": budgets, "data": {}, "train": TRAIN, "machine": facts, "probe": {},
                    "rows": {k: [m, o] for k, (m, o) in ROWS.items()}})
     t_all = time.perf_counter()
     for sd in order:
@@ -299,10 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{key}: acc {res['accuracy']:.4f} wall {res['wall_s']:.1f}s", flush=True)
                 record["summary"] = summarise(record["runs"])
                 record["elapsed_s"] = time.perf_counter() - t_all
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = args.out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record, indent=1, default=float) + "\n")
-                os.replace(tmp, args.out)
+                write_json(args.out, record, indent=1, default=float)
     record["summary"] = summarise(record["runs"])
     print_table(record["summary"], order)
     print(f"\nprobe (start of training, seed 0): {json.dumps(record['probe'])}")

@@ -19,7 +19,6 @@ stratified random subsets of the same set, so the two differ by well under 1%.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,7 +31,7 @@ from fleet.data.datasets import load_dataset
 from fleet.model.architectures import build_model
 from fleet.model.reference import cache_dir, pretrain, save_atomic
 from fleet.train.loop import evaluate
-from simulations.benchmarks.common import SHARED_DATA
+from simulations.benchmarks.common import SHARED_DATA, read_json, write_json
 
 __all__ = ["BenchData", "prepare", "load_reference"]
 
@@ -88,8 +87,8 @@ def prepare(name: str, n_pretrain: int, n_bench: int, pretrain_epochs: int, lr: 
     tag = f"{name}-p{n_pretrain}-b{n_bench}-e{pretrain_epochs}"
     folder = cache_dir(parse_config({}, name="x")) / "bench-coreset" / tag
     meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
+    if meta is not None:
         return BenchData(**{**meta, "in_shape": tuple(meta["in_shape"])})
     folder.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te = _raw(name)
@@ -110,7 +109,7 @@ def prepare(name: str, n_pretrain: int, n_bench: int, pretrain_epochs: int, lr: 
     acc, _ = evaluate(model, ds_b.x_test, ds_b.y_test)  # on B's standardisation, as the runs see it
     data = BenchData(name, str(folder), str(ckpt), tuple(ds_b.in_shape), len(p_idx), len(b_idx),
                      pretrain_epochs, acc)
-    meta_path.write_text(json.dumps(asdict(data)))
+    write_json(meta_path, asdict(data), indent=None)
     return data
 
 

@@ -13,15 +13,14 @@ convention of ``fleet.hardware.costs``.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.config.scenario import ScenarioConfig
-from simulations.run.scenario import preflight, run_config
+from simulations.benchmarks.common import run_scenario
+from simulations.store.rundir import read_jsonl
 
 __all__ = ["FedResult", "run_fed", "selection_share"]
 
@@ -66,14 +65,10 @@ def _median(values: list[float]) -> float:
 
 def run_fed(cfg: ScenarioConfig, out_dir: Path, keep: bool = False) -> FedResult:
     """Run one cell of setting (b) into ``out_dir`` (removed afterwards unless ``keep``)."""
-    preflight(cfg)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    t0 = time.perf_counter()
-    summary = run_config(cfg, out_dir)
-    wall = time.perf_counter() - t0
-    rows = [json.loads(line) for line in (out_dir / "devices.jsonl").read_text().splitlines() if line.strip()]
+    summary, wall = run_scenario(cfg, out_dir)
+    rows = read_jsonl(out_dir / "devices.jsonl", [])
     ok = [r for r in rows if r.get("status") == "ok"]
     scoring = sum(int(r.get("scoring_passes") or 0) for r in rows)
     train = sum(int(r.get("train_samples") or 0) for r in rows)

@@ -26,12 +26,12 @@ from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
-from fleet.device import clc_layer_names
+from fleet.train.losses import clc_layer_names
 from fleet.data.splits import device_data, fleet_data
 from fleet.quant.convert import init_quantizers
 from fleet.quant.export import export_quantized, load_exported
 from fleet.model.bnstats import has_batchnorm, reestimate_bn
-from fleet.device import BN_REFRESH_SAMPLES
+from fleet.model.bnstats import BN_REFRESH_SAMPLES
 from fleet.train.schedule import round_window
 from fleet.train.loop import Schedule, evaluate, train_local
 

@@ -11,25 +11,21 @@ compares final accuracies with the clean runs' seed-to-seed spread.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
 
-from simulations.benchmarks.common import write_result
-from simulations.run.scenario import load_config, preflight, run_config
-from simulations.analysis.stats import mean_ci95
+from simulations.analysis.stats import format_ci, mean_ci95
+from simulations.benchmarks.common import run_scenario, write_result
+from simulations.run.scenario import load_config
+from simulations.store.rundir import read_jsonl
 
 
 def _one(overrides: dict, out: Path) -> dict:
-    cfg, _ = load_config("quickstart", overrides)
-    preflight(cfg)
-    t0 = time.perf_counter()
-    s = run_config(cfg, out)
-    devices = [json.loads(x) for x in (out / "devices.jsonl").read_text().splitlines()]
+    s, wall = run_scenario(load_config("quickstart", overrides)[0], out)
+    devices = read_jsonl(out / "devices.jsonl", [])
     corrupt = [d for d in devices if d["fault"] == "corrupt"]
     return {
-        "final_accuracy": s["final_accuracy"], "status": s["status"], "wall_s": time.perf_counter() - t0,
+        "final_accuracy": s["final_accuracy"], "status": s["status"], "wall_s": wall,
         "rounds_completed": s["rounds_completed"], "crashed": sum(d["fault"] == "crash" for d in devices),
         "crash_recorded_failed": sum(d["fault"] == "crash" and d["status"] == "failed" for d in devices),
         "corrupt": len(corrupt), "corrupt_rejected": sum(d["status"] == "rejected" for d in corrupt),
@@ -71,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print("\n| fleet | final accuracy (mean ± 95% CI) | min | max |\n|---|---|---|---|")
     for name, t in table.items():
-        print(f"| {name} | {100 * t['mean']:.2f} ± {100 * t['ci95']:.2f} | {100 * t['min']:.2f} | "
-              f"{100 * t['max']:.2f} |")
+        print(f"| {name} | {format_ci(t['mean'], t['ci95'], 100)} | {100 * t['min']:.2f} | {100 * t['max']:.2f} |")
     print(f"crashes {sum(r['crashed'] for r in f)}, corrupted updates {sum(r['corrupt'] for r in f)} "
           f"(rejected {sum(r['corrupt_rejected'] for r in f)}); checks: {checks}")
     path = write_result("faults", {"settings": {"scenario": "quickstart", "seeds": seeds, **base, **faulty},

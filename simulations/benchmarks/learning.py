@@ -22,7 +22,6 @@ Cells (MNIST, ``../shared/data/mnist``; a CNN of about 24k parameters):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import tempfile
@@ -33,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from simulations.benchmarks.common import RESULTS, SHARED_DATA, machine
-from simulations.analysis.stats import format_ci, mean_ci95
+from simulations.benchmarks.common import (RESULTS, SHARED_DATA, ci_text, machine, over_budget, read_json, run_scenario,
+                                           write_json)
 
 __all__ = ["CELLS", "cell_config", "main", "table"]
 
@@ -85,15 +84,12 @@ def cell_config(cell: str, seed: int, data: dict[str, Any], quick: bool = False)
 def _project(flat: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Run one scenario through the real path; accuracy per round and the reference's."""
     from fleet.config.scenario import parse_config
-    from simulations.run.scenario import preflight, run_config
+    from simulations.store.rundir import read_jsonl
 
-    cfg = parse_config(flat, name="bench-learning")
-    preflight(cfg)
-    t0 = time.perf_counter()
-    summary = run_config(cfg, run_dir)
-    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    summary, wall = run_scenario(parse_config(flat, name="bench-learning"), run_dir)
+    rows = read_jsonl(run_dir / "rounds.jsonl", [])
     return {"final": summary.get("final_accuracy"), "float": summary.get("fp_reference_accuracy"),
-            "curve": [r["accuracy"] for r in rows], "wall_s": time.perf_counter() - t0}
+            "curve": [r["accuracy"] for r in rows], "wall_s": wall}
 
 
 def _anchor(flat: dict[str, Any]) -> dict[str, Any]:
@@ -139,14 +135,6 @@ def _swing(curve: list[float | None]) -> float:
     return max((abs(b - a) for a, b in zip(vals, vals[1:])), default=math.nan)
 
 
-def _stat(values: list[float]) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "–"
-    m, h = mean_ci95(vals)
-    return format_ci(m, h, scale=100, digits=2)
-
-
 def table(results: dict[str, Any]) -> str:
     """The docs' markdown table: mean ± 95% interval over seeds, project beside the plain anchor."""
     lines = ["| cell | float reference | edgefleet | plain PyTorch | target | seeds | edgefleet swing | "
@@ -164,25 +152,12 @@ def table(results: dict[str, Any]) -> str:
             target_s = "float − 1.5"
         else:
             target_s = f"≥ {100 * target:.1f}" if target else ""
-        swing_p = _stat([_swing(r["project"]["curve"]) for r in runs.values()]) if cell.startswith("fed") else ""
-        swing_a = _stat([_swing(r["anchor"]["curve"]) for r in runs.values() if "anchor" in r]) if (
-            cell.startswith("fed")) else ""
-        lines.append(f"| {cell} | {_stat(flt)} | {_stat(proj)} | {_stat(anch)} | {target_s} | {len(runs)} | "
-                     f"{swing_p} | {swing_a} |")
+        fed = cell.startswith("fed")
+        swing_p = ci_text([_swing(r["project"]["curve"]) for r in runs.values()], 2) if fed else ""
+        swing_a = ci_text([_swing(r["anchor"]["curve"]) for r in runs.values() if "anchor" in r], 2) if fed else ""
+        lines.append(f"| {cell} | {ci_text(flt, 2)} | {ci_text(proj, 2)} | {ci_text(anch, 2)} | {target_s} | "
+                     f"{len(runs)} | {swing_p} | {swing_a} |")
     return "\n".join(lines)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"benchmark": "learning", "runs": {}}
-
-
-def _save(path: Path, results: dict[str, Any]) -> None:
-    results["machine"] = machine()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(path)
 
 
 def _data_keys(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,8 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: results/learning.json)")
     args = ap.parse_args(argv)
     out = args.out or RESULTS / ("learning-quick.json" if args.quick else "learning.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results = _load(out)
+    results = read_json(out) or {"benchmark": "learning", "runs": {}}  # resume
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
     try:
@@ -218,13 +192,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 done = results["runs"].setdefault(cell, {})
                 if str(seed) in done:
                     continue
-                if args.budget_min and time.perf_counter() - t0 > 60 * args.budget_min:
+                if args.budget_min and over_budget(t0, 60 * args.budget_min):
                     print(f"budget of {args.budget_min:g} min spent; run again to continue")
                     return results
                 flat = cell_config(cell, seed, _data_keys(args), args.quick)
                 proj = _project(flat, work / f"{cell}-{seed}")
                 done[str(seed)] = {"project": proj, "anchor": _anchor(flat), "config": flat}
-                _save(out, results)
+                results["machine"] = machine()
+                write_json(out, results, indent=1, default=str)
                 print(f"{cell} seed {seed}: edgefleet {proj['final']:.4f}, plain {done[str(seed)]['anchor']['final']:.4f}"
                       f" (float {proj['float']:.4f}, {proj['wall_s']:.0f} s)", flush=True)
     finally:

@@ -12,12 +12,7 @@ Run: ``python -m simulations.benchmarks.qat_step [--reps 30] [--threads N]``
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,9 +23,10 @@ from torch.nn import functional as F
 
 from fleet.model.architectures import build_model
 from fleet.quant.convert import init_quantizers, quantize_model
+from simulations.benchmarks.common import RESULTS as RESULTS_DIR, machine, write_json
 
 CASES: list[tuple[str, tuple[int, int, int]]] = [("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32))]
-RESULTS = Path(__file__).resolve().parent / "results" / "qat_step.json"
+RESULTS = RESULTS_DIR / "qat_step.json"
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -92,17 +88,6 @@ def bench_case(
     }
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run all cases, print the table and write the JSON record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,17 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "benchmark": "qat_step",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        # machine facts at the top level, under the key names qat_step.json has always used
+        **machine(("torch", "python", "cores", "torch_threads", "load_avg", "date", "commit"),
+                  rename={"cores": "cpu_count", "load_avg": "load_average", "commit": "git_commit"}),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

@@ -20,10 +20,8 @@ Setup (budgets chosen to fit ~15 min on 2 CPU cores; see docs/qcore.md):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,10 +32,10 @@ from fleet.qcore.continual import ContinualConfig, Deployment, deploy, run_devic
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording, update_core
 from fleet.qcore.quant import to_qcore
 from fleet.qcore.stream import make_stream
-from simulations.benchmarks.common import SHARED_DATA
+from simulations.benchmarks.common import RESULTS, SHARED_DATA, write_json
 
 DATA = SHARED_DATA / "mnist"
-OUT = Path(__file__).parent / "results" / "qcore.json"
+OUT = RESULTS / "qcore.json"
 METHODS = ("none", "bfn", "backprop-qcore", "backprop-random")
 BITS = (4, 2)
 HW = 14
@@ -169,8 +167,7 @@ def main() -> None:
         summary[key] = {f: stat(f) for f in ("accuracy_task", "accuracy_original",
                                              "accuracy_core", "flops", "wall_s")}
     _print_table(summary, tasks)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
+    write_json(OUT, {
         "setup": {"devices": devices, "tasks": tasks, "hw": HW, "arch": "cnn", "bits": BITS,
                   "float_epochs": FLOAT_EPOCHS, "float_lr": FLOAT_LR, "record_every": RECORD_EVERY,
                   "init_epochs": INIT_EPOCHS, "bfn_episodes": BFN_EPISODES, "eval_test": eval_n,
@@ -179,7 +176,7 @@ def main() -> None:
         "float_test_accuracy": float_acc,
         "elapsed_s": elapsed,
         "results": summary,
-    }, indent=1, default=list))
+    }, indent=1, default=list)
     print(f"wrote {OUT} ({elapsed:.0f}s)")
 
 

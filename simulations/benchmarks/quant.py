@@ -29,25 +29,20 @@ signal, not the test split.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import subprocess
 import tempfile
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from simulations.analysis.stats import format_ci, mean_ci95
-from simulations.benchmarks.common import SHARED_DATA
+from simulations.benchmarks.common import (RESULTS, SHARED_DATA, git_commit, machine, over_budget, read_json,
+                                           run_scenario, utc_now, write_json)
 
-OUT = Path(__file__).parent / "results" / "quant.json"
-QAT_STEP = Path(__file__).parent / "results" / "qat_step.json"
+OUT = RESULTS / "quant.json"
+QAT_STEP = RESULTS / "qat_step.json"
 DATA = str(SHARED_DATA / "mnist")
 BITS = (8, 4, 2)
 CODECS = ("fp32", "delta-int8", "qweights")
@@ -88,15 +83,10 @@ QUICK_CODECS = ("fp32", "qweights")
 def run_one(flat: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Preflight and run one scenario; returns summary fields plus its rounds."""
     from fleet.config.scenario import parse_config
-    from simulations.run.scenario import preflight, run_config
+    from simulations.store.rundir import read_jsonl
 
-    cfg = parse_config(flat, name="bench-quant")
-    preflight(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    summary = run_config(cfg, run_dir)
-    wall = time.perf_counter() - t0
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines() if line.strip()]
+    summary, wall = run_scenario(parse_config(flat, name="bench-quant"), run_dir)
+    rounds = read_jsonl(run_dir / "rounds.jsonl", [])
     uplink = [int(r["uplink_bytes"]) for r in rounds]
     completed = [int(r["devices_completed"]) for r in rounds]
     keys = ("final_accuracy", "fp_reference_accuracy", "fake_quant_accuracy", "export_agreement",
@@ -149,9 +139,9 @@ def _mean(xs: list[float]) -> float | None:
 
 def qat_step_summary(path: Path = QAT_STEP) -> list[dict[str, Any]]:
     """Median float vs W4A4 QAT step times from the committed qat_step benchmark."""
-    if not path.is_file():
+    data = read_json(path)
+    if data is None:
         return []
-    data = json.loads(path.read_text())
     return [{"arch": r["arch"], "batch": r["batch"], "float_ms": r["float"]["median_ms"],
              "w4a4_ms": r["w4a4"]["median_ms"], "ratio_of_medians": r["ratio_of_medians"],
              "date": data.get("date"), "git_commit": data.get("git_commit")} for r in data.get("results", [])]
@@ -177,33 +167,6 @@ def print_tables(fp: dict[str, Any], cells: dict[str, Any], qat: list[dict[str, 
               f"W4A4 {q['w4a4_ms']:.1f} ms, ratio {q['ratio_of_medians']:.2f}")
 
 
-def machine() -> dict[str, Any]:
-    """Cores, memory and library versions of this machine."""
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("torch", "flwr", "ray", "numpy"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {"cores": os.cpu_count(), "memory_bytes": mem, "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg()), **versions}
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
@@ -224,9 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed in seeds:
             for b in bits:
                 for c in codecs:
-                    elapsed = time.perf_counter() - t0
-                    mean_run = elapsed / len(runs) if runs else 0.0
-                    if runs and elapsed + mean_run > args.budget_s:
+                    if runs and over_budget(t0, args.budget_s, len(runs)):
                         skipped.append({"seed": seed, "bits": b, "codec": c})
                         continue
                     flat = {**base, "federation.seed": seed, "quant.weight-bits": b, "quant.act-bits": b,
@@ -248,12 +209,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "quant", "quick": args.quick, "settings": {**base, "bits": list(bits), "codecs": list(codecs),
                                                                 "seeds": seeds, "budget_s": args.budget_s},
-        "git_commit": git_commit(), "machine": machine(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "elapsed_s": elapsed,
+        "git_commit": git_commit(None),  # null, not "unknown", outside a checkout (as quant.json always had)
+        "machine": machine(("cores", "memory_bytes", "python", "load_avg", "torch", "flwr", "ray", "numpy"),
+                           rename={"load_avg": "load_average_at_start"}),  # quant.json's key names
+        "date": utc_now(), "elapsed_s": elapsed,
         "fp_reference_accuracy": fp, "cells": cells, "qat_step": qat, "runs": runs, "skipped": skipped,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result, indent=1)
     print(f"wrote {args.out} ({elapsed:.0f}s)")
     return result
 

@@ -39,7 +39,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -51,7 +50,10 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
+from simulations.benchmarks.common import (RESULTS as RESULTS_DIR, git_commit, machine, run_scenario, utc_now,
+                                           write_json)
+
+RESULTS = RESULTS_DIR / "scale.json"
 CASES = ("vanilla", "edgefleet-fp32", "edgefleet-mission")
 MISSION = {"coreset.method": "quarc", "coreset.fraction": 0.5, "train.clc-beta": "auto",
            "quant.weight-bits": 2, "quant.act-bits": 2, "quant.codec": "qweights"}
@@ -86,17 +88,16 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
         walls, acc = data["round_wall_s"], data["accuracy"][-1]
     else:
         from fleet.config.scenario import parse_config
-        from simulations.run.scenario import preflight, run_config
+        from simulations.store.rundir import read_jsonl
 
-        cfg = parse_config(edgefleet_flat(case, devices, per_round, rounds, epochs, seed), name=case)
-        preflight(cfg)
         run_dir = out / "run"
         run_dir.mkdir()
-        summary = run_config(cfg, run_dir)
-        rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-        rows = [r for r in rows if r["round"] > 0]  # round 0 is the starting model's evaluation, not a round
+        cfg = parse_config(edgefleet_flat(case, devices, per_round, rounds, epochs, seed), name=case)
+        summary, _ = run_scenario(cfg, run_dir)
+        # round 0 is the starting model's evaluation, not a round
+        rows = [r for r in read_jsonl(run_dir / "rounds.jsonl", []) if r["round"] > 0]
         walls, acc = [r["wall_s"] for r in rows], summary.get("final_accuracy")
-    (out / "result.json").write_text(json.dumps({"round_wall_s": walls, "final_accuracy": acc}))
+    write_json(out / "result.json", {"round_wall_s": walls, "final_accuracy": acc}, indent=None)
 
 
 class TreeMemory:
@@ -195,24 +196,6 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _machine() -> dict[str, Any]:
-    import flwr
-    import ray
-    import torch
-
-    return {"cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__,
-            "ray": ray.__version__, "load_average": list(os.getloadavg())}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"scale: {args.devices} devices, {args.per_round}/round, {args.rounds} rounds, {args.epochs} local "
           f"epoch(s), {args.reps} A/B/C reps (fresh subprocess each), ray.num-cpus=1; medians [min-max]")
@@ -266,8 +249,10 @@ def main(argv: list[str] | None = None) -> None:
                   f", peak {row['peak_rss_mb']:.0f} MB", flush=True)
     summary = _summarise(rows)
     _print_table(summary, args)
-    record = {"benchmark": "scale", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "git_commit": _git_commit(), "machine": _machine(), "total_wall_s": time.perf_counter() - start,
+    facts = machine(("cores", "memory_gib", "python", "torch", "flwr", "ray", "load_avg"),  # scale.json's key names
+                    rename={"cores": "cpu_count", "memory_gib": "memory_gb", "load_avg": "load_average"})
+    record = {"benchmark": "scale", "date": utc_now(), "git_commit": git_commit(), "machine": facts,
+              "total_wall_s": time.perf_counter() - start,
               "settings": {"devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                            "local_epochs": args.epochs, "reps": args.reps, "seed": args.seeds[0],
                            "cases": args.cases, "ray_num_cpus": 1, "batch_size": 32, "lr": 0.005,
@@ -275,8 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                            "timing": "with start-up = subprocess wall / device-rounds; rounds = mean wall of "
                                      "rounds 2..R / devices per round"},
               "summary": summary, "runs": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out, record)
     print(f"wrote {args.out} ({record['total_wall_s']:.0f} s)")
 
 

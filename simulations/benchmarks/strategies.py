@@ -41,11 +41,7 @@ computed once per process (`_memo_reference`), as it is identical for every run 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 import traceback
@@ -66,11 +62,12 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fleet.config.scenario import ScenarioConfig, parse_config
-from simulations.analysis.stats import format_ci, mean_ci95
-from simulations.benchmarks.common import SHARED_DATA
+from simulations.benchmarks.common import (RESULTS as RESULTS_DIR, SHARED_DATA, ci_text, git_commit, machine,
+                                           read_json, utc_now, write_json)
+from simulations.store.rundir import read_jsonl
 from strategies.sampling import draw_faults, sample_devices
 
-RESULTS = Path(__file__).resolve().parent / "results" / "strategies.json"
+RESULTS = RESULTS_DIR / "strategies.json"
 
 #: strategy.name -> strategy.options (see the module docstring for the reasons)
 STRATEGIES: dict[str, dict[str, float]] = {
@@ -225,9 +222,8 @@ def run_cell(base: dict[str, object], strategy: str, alpha: float, condition: st
     cfg = parse_config(flat, name=f"{strategy}-a{alpha}-{condition}-s{seed}")
     t0 = time.perf_counter()
     summary, acc0 = run_local(cfg, run_dir)
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    rounds = [r for r in rounds if r["round"] > 0]  # acc0 is round 0
-    devices = [json.loads(line) for line in (run_dir / "devices.jsonl").read_text().splitlines()]
+    rounds = [r for r in read_jsonl(run_dir / "rounds.jsonl", []) if r["round"] > 0]  # acc0 is round 0
+    devices = read_jsonl(run_dir / "devices.jsonl", [])
     return {
         "strategy": strategy, "options": STRATEGIES[strategy], "alpha": alpha, "condition": condition,
         "seed": seed, "status": summary.get("status"), "final_accuracy": summary.get("final_accuracy"),
@@ -241,24 +237,6 @@ def run_cell(base: dict[str, object], strategy: str, alpha: float, condition: st
     }
 
 
-def _machine() -> dict[str, Any]:
-    import flwr
-    import ray
-
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    return {"cpu_count": os.cpu_count(), "memory_bytes": mem, "python": platform.python_version(),
-            "torch": torch.__version__, "flwr": flwr.__version__, "ray": ray.__version__,
-            "load_average": list(os.getloadavg())}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def table(cells: list[dict[str, Any]]) -> str:
     """Rows strategy, columns alpha x condition: final accuracy in percent (mean ± 95% CI over seeds)."""
     strategies = list(dict.fromkeys(c["strategy"] for c in cells))
@@ -270,9 +248,8 @@ def table(cells: list[dict[str, Any]]) -> str:
     for s in strategies:
         row = f"{s:<13}"
         for a, cond in cols:
-            vals = [c["final_accuracy"] for c in cells if (c["strategy"], c["alpha"], c["condition"]) == (s, a, cond)
-                    and c["final_accuracy"] is not None]
-            row += f"{format_ci(*mean_ci95(vals), scale=100, digits=1) if vals else '-':>{width}}"
+            vals = [c["final_accuracy"] for c in cells if (c["strategy"], c["alpha"], c["condition"]) == (s, a, cond)]
+            row += f"{ci_text(vals, digits=1, empty='-'):>{width}}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -299,17 +276,10 @@ def fault_seeds(n: int, base: dict[str, object]) -> list[int]:
     return seeds
 
 
-def _write(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-
-
 def _resumable(path: Path, base: dict[str, object]) -> list[dict[str, Any]]:
     """Cells of an interrupted run at ``path`` with the same budget and options, else none."""
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    if not old.get("partial") or old.get("budget") != json.loads(json.dumps(base)):
+    old = read_json(path)
+    if not old or not old.get("partial") or old.get("budget") != json.loads(json.dumps(base)):
         return []
     return [c for c in old["cells"] if STRATEGIES.get(c["strategy"]) == c["options"]]
 
@@ -341,7 +311,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     workers = args.workers or (1 if args.quick else 3)
     strategies = QUICK_STRATEGIES if args.quick else tuple(STRATEGIES)
     alphas = ALPHAS[:1] if args.quick else ALPHAS
-    commit = _git_commit()  # at the start: the tree may move on while the grid runs
+    commit = git_commit()  # at the start: the tree may move on while the grid runs
     seeds = fault_seeds(args.seeds, base)
     cells = [c for c in _resumable(args.out, base) if c["seed"] in seeds] if args.resume else []
     done = {(c["strategy"], c["alpha"], c["condition"], c["seed"]) for c in cells}
@@ -359,7 +329,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
                 results = map(_run_job, jobs)
             for cell in results:
                 cells.append(cell)
-                _write(args.out, {"partial": True, "budget": base, "cells": cells})  # for --resume
+                write_json(args.out, {"partial": True, "budget": base, "cells": cells})  # for --resume
                 log(f"{cell['strategy']:<13} a={cell['alpha']:<4g} {cell['condition']:<17} seed {cell['seed']}: "
                     f"final {cell['final_accuracy']:.4f} rounds {[round(a, 3) for a in cell['accuracy_per_round']]}"
                     f" corrupt {cell['corrupt_sent']} rejected {cell['rejected']} ({cell['wall_s']} s)")
@@ -369,11 +339,13 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     record = {
         "benchmark": "strategies", "quick": args.quick, "seeds": seeds, "budget": base,
         "strategies": {s: STRATEGIES[s] for s in strategies}, "alphas": list(alphas), "conditions": CONDITIONS,
-        "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": commit, "machine": _machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": commit,
+        "machine": machine(("cores", "memory_bytes", "python", "torch", "flwr", "ray", "load_avg"),  # strategies.json's key names
+                           rename={"cores": "cpu_count", "load_avg": "load_average"}),
+        "date": utc_now(),
         "wall_s": round(wall, 1), "table": text, "cells": cells,
     }
-    _write(args.out, record)
+    write_json(args.out, record)
     log(f"wrote {args.out}")
     return record
 

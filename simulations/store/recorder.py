@@ -1,0 +1,102 @@
+"""After every round: evaluate the global model centrally, write the round's lines, checkpoint, report progress.
+
+Flower's ``Strategy.start`` calls one ``evaluate_fn(server_round, arrays)`` after round 0 (the starting model)
+and after each aggregation. :func:`round_callback` builds it from separate jobs, so evaluating is not what
+writes results: a :class:`CentralEvaluator` measures, a :class:`RoundRecorder` keeps the record.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.serverapp.strategy import Strategy
+
+from fleet.arrays import record_to_numpy
+from fleet.config.scenario import ScenarioConfig
+from fleet.model.assembly import load_arrays
+from fleet.train.loop import evaluate
+from simulations.store.checkpoint import save_checkpoint
+from simulations.store.results import RunDir
+from strategies.fleet import FleetStrategy, is_eval_round
+
+__all__ = ["CentralEvaluator", "RoundRecorder", "round_callback"]
+
+ProgressFn = Callable[[dict[str, Any]], None]
+Metrics = tuple[float | None, float | None]
+
+
+class CentralEvaluator:
+    """Accuracy and loss of the global model on the held-out test split (a private copy of the model)."""
+
+    def __init__(self, model: torch.nn.Module, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+        self.model, self.x_test, self.y_test = copy.deepcopy(model), x_test, y_test
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> tuple[float, float]:
+        load_arrays(self.model, arrays)
+        return evaluate(self.model, self.x_test, self.y_test)
+
+
+@dataclass
+class RoundRecorder:
+    """Writes each round's lines (``rounds.jsonl``, ``devices.jsonl``), then its checkpoint, then tells progress."""
+
+    out: RunDir
+    run_dir: Path
+    strategy: FleetStrategy
+    inner: Strategy
+    cfg_hash: str
+    keep_checkpoints: int
+    progress: ProgressFn | None = None
+
+    def __post_init__(self) -> None:
+        self._t = time.perf_counter()
+
+    def start(self, metrics: Metrics) -> None:
+        self._emit(self.out.record_start(*metrics, self._lap()))
+
+    def round(self, server_round: int, arrays: dict[str, np.ndarray], metrics: Metrics) -> None:
+        assert self.strategy.last is not None  # a round has been aggregated
+        row = self.out.record_round(self.strategy.last, *metrics, self._lap())
+        save_checkpoint(self.run_dir, server_round, arrays, self.strategy.state_dict(), self.inner, self.cfg_hash,
+                        self.keep_checkpoints)
+        self._emit(row)
+
+    def _lap(self) -> float:
+        now = time.perf_counter()
+        lap, self._t = now - self._t, now
+        return lap
+
+    def _emit(self, row: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(row)
+
+
+def round_callback(cfg: ScenarioConfig, strategy: FleetStrategy, evaluator: CentralEvaluator,
+                   recorder: RoundRecorder, resumed: bool) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """The ``evaluate_fn`` for ``Strategy.start``: round 0 (the starting model) is evaluated and recorded,
+    unless resumed (it is on disk already); every round is recorded, evaluated every ``federation.eval-every``."""
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and resumed:
+            return None
+        rnd = strategy.round_offset if server_round == 0 else strategy.last.server_round  # type: ignore[union-attr]
+        global_arrays = record_to_numpy(arrays)
+        metrics: Metrics = (None, None)
+        if server_round == 0 or is_eval_round(rnd, cfg):
+            metrics = evaluator(global_arrays)
+        if server_round == 0:
+            recorder.start(metrics)
+        else:
+            recorder.round(rnd, global_arrays, metrics)
+        acc, loss = metrics
+        return None if acc is None else MetricRecord({"accuracy": acc, "loss": loss})
+
+    return evaluate_fn
