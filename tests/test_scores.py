@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fleet.coreset.schedules import SCHEDULES, build_schedule
+from fleet.coreset.schedules import SCHEDULES
 from fleet.coreset.scores import ds, evs, res, res_from_logits, score_pass
 
 P_Q = torch.tensor([[0.6, 0.3, 0.1]])
@@ -68,9 +68,12 @@ def test_schedules_end_points_and_middle() -> None:
         )  # clipped past T
 
 
-def test_unknown_schedule_lists_names() -> None:
-    with pytest.raises(ValueError, match="paper"):
-        build_schedule("cosine")
+def test_unknown_schedule_is_refused_listing_the_registry() -> None:
+    from fleet.config.scenario import parse_config
+    from fleet.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^coreset.schedule: must be one of paper, code"):
+        parse_config({"coreset.schedule": "cosine"})
 
 
 class Identity3(nn.Module):

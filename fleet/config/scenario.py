@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flwr.common.config import unflatten_dict
+
 from fleet.config.schema import (
     SECTIONS,
     ConfigError,
@@ -45,7 +47,8 @@ TABLE_KEYS = ("devices.profiles", "strategy.options", "devices.custom")
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested tables into dotted keys, as Flower does with run configs."""
+    """Flatten nested tables into dotted keys, as Flower does with run configs. Not Flower's ``flatten_dict``:
+    that one refuses arrays, which user profile tables hold (``bits = [8, 32]``)."""
     flat: dict[str, Any] = {}
     for k, v in nested.items():
         key = f"{prefix}{k}"
@@ -57,15 +60,8 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse of :func:`flatten`."""
-    nested: dict[str, Any] = {}
-    for key, v in flat.items():
-        node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return nested
+    """Inverse of :func:`flatten` (Flower's ``unflatten_dict``)."""
+    return unflatten_dict(dict(flat))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ See ``fleet.coreset.selectors`` for the registry and ALGORITHMS.md §1.4, §2.1.
 from fleet.coreset.base import CoresetResult, SelectionContext, Selector, SelectorState
 from fleet.coreset.budget import normalize, top_k
 from fleet.coreset.persistence import CORESET_KEY, select_or_reuse, should_reselect
-from fleet.coreset.schedules import SCHEDULES, build_schedule
+from fleet.coreset.schedules import SCHEDULES
 from fleet.coreset.scores import ScorePass, ds, evs, res, res_from_logits, score_pass
 from fleet.coreset.selectors import SELECTORS, build_selector
 
@@ -19,7 +19,6 @@ __all__ = [
     "SelectionContext",
     "Selector",
     "SelectorState",
-    "build_schedule",
     "build_selector",
     "ds",
     "evs",

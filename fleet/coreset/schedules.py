@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["SCHEDULES", "Schedule", "build_schedule"]
+__all__ = ["SCHEDULES", "Schedule"]
 
 Schedule = Callable[[int, int], float]
 
@@ -72,10 +72,3 @@ SCHEDULES: dict[str, Schedule] = {
     "evs-only": _evs_only,
     "ds-only": _ds_only,
 }
-
-
-def build_schedule(name: str) -> Schedule:
-    """Look up a schedule by name; raises ValueError listing the valid names."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule '{name}'; valid: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "block_names", "count_parameters"]
+__all__ = ["MODELS", "build_model", "block_names"]
 
 
 class MLP(nn.Module):
@@ -190,8 +190,3 @@ def block_names(model: nn.Module) -> list[str]:
     if names is None:
         raise ValueError(f"{type(model).__name__} declares no block_names")
     return list(names)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

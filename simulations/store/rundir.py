@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleet.config.scenario import flatten
+
 __all__ = ["RunDirError", "Run", "load_run", "is_run_dir", "read_jsonl", "flatten"]
 
 CONFIG = "config.toml"
@@ -95,17 +97,6 @@ class Run:
         """A short display name: the scenario and the directory name."""
         scenario = (self.summary or {}).get("scenario")
         return f"{scenario}/{self.path.name}" if scenario else self.path.name
-
-
-def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables to dotted keys (same rule as ``fleet.config.scenario.flatten``)."""
-    flat: dict[str, Any] = {}
-    for key, value in nested.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def is_run_dir(path: Path) -> bool:
