@@ -68,20 +68,11 @@ def _act_quantizer(bits: int, signed: bool) -> nn.Module:
     return LsqQuantizer(bits, signed, per_channel=False, is_weight=False)
 
 
-class QConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose input and weight are fake-quantized (LSQ).
+class _FakeQuantized(nn.Module):
+    """Mixin placed before ``nn.Conv2d``/``nn.Linear``: the layer's constructor, plus a weight quantizer and an
+    input (activation) quantizer."""
 
-    Parameters
-    ----------
-    *args, **kwargs
-        As ``nn.Conv2d``.
-    weight_bits, act_bits : int
-        Bit-widths, 2..8, or 32 for float (default: 4, 4).
-    per_channel : bool
-        One weight step per output channel (default: False).
-    act_signed : bool
-        Signed activation range, as ACS's ``ActLSQ`` (default: True).
-    """
+    weight: nn.Parameter
 
     def __init__(
         self,
@@ -95,6 +86,22 @@ class QConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.weight_quant = _weight_quantizer(self.weight, weight_bits, per_channel)
         self.act_quant = _act_quantizer(act_bits, act_signed)
+
+
+class QConv2d(_FakeQuantized, nn.Conv2d):
+    """``nn.Conv2d`` whose input and weight are fake-quantized (LSQ).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As ``nn.Conv2d``.
+    weight_bits, act_bits : int
+        Bit-widths, 2..8, or 32 for float (default: 4, 4).
+    per_channel : bool
+        One weight step per output channel (default: False).
+    act_signed : bool
+        Signed activation range, as ACS's ``ActLSQ`` (default: True).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve the quantized input with the quantized weight."""
@@ -132,21 +139,8 @@ class QConv2d(nn.Conv2d):
         return q
 
 
-class QLinear(nn.Linear):
+class QLinear(_FakeQuantized, nn.Linear):
     """``nn.Linear`` whose input and weight are fake-quantized (LSQ); options as :class:`QConv2d`."""
-
-    def __init__(
-        self,
-        *args: Any,
-        weight_bits: int = 4,
-        act_bits: int = 4,
-        per_channel: bool = False,
-        act_signed: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.weight_quant = _weight_quantizer(self.weight, weight_bits, per_channel)
-        self.act_quant = _act_quantizer(act_bits, act_signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the quantized weight to the quantized input."""
