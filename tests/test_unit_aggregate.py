@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 from mock_replies import server_identity
-from unit_builders import RosterGrid, arrays_of, by_device, device_reply, error_reply
+from unit_builders import RosterGrid, arrays_of, by_device, device_reply, error_reply, instruction_of
 
 from fleet.arrays import record_from_numpy
 from fleet.config.scenario import parse_config
@@ -237,3 +237,37 @@ def test_a_round_with_no_usable_update_aggregates_nothing(monkeypatch: pytest.Mo
     assert _statuses(strategy) == {0: ("failed", "RuntimeError: boom"),
                                    1: ("rejected", "'b': 1 non-finite value(s) (NaN/Inf)")}
     assert strategy.last.sim_time_s == 0.0
+
+
+class _TunedFedAvg:
+    """A user's inner strategy from docs/strategies.md's contract: it sets entries in its round config."""
+
+    def __new__(cls):  # noqa: ANN204 - builds a FedAvg whose configure_train adds three entries
+        inner = build_inner_strategy("fedavg", {})
+        plain = inner.configure_train
+
+        def configure_train(server_round, arrays, config, grid):  # noqa: ANN001, ANN202
+            config["lr"], config["proximal-mu"], config["clip"] = 0.005, 0.1, 3.0
+            return plain(server_round, arrays, config, grid)
+
+        inner.configure_train = configure_train
+        return inner
+
+
+def test_exactly_the_documented_entries_reach_a_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: docs/strategies.md says `proximal-mu` and `lr` are forwarded, other entries are not
+    server_identity(monkeypatch)
+    cfg = parse_config({**FLOAT, "federation.num-devices": 2, "federation.devices-per-round": 2})
+    strategy = FleetStrategy(_TunedFedAvg(), cfg, build_codec("fp32"), None, {"ref": np.zeros(1, np.float32)}, "h")
+    grid = RosterGrid(2)
+    strategy.discover(grid, timeout=5.0)
+
+    # Execute
+    msgs = by_device(strategy.configure_train(1, record_from_numpy(GLOBAL), ConfigRecord(), grid))
+
+    # Assert: both devices got the inner strategy's rate and mu; "clip" is in no instruction
+    assert len(msgs) == 2
+    for msg in msgs.values():
+        ins = instruction_of(msg)
+        assert (ins.lr, ins.proximal_mu) == (0.005, 0.1)
+        assert "clip" not in msg.content["config"]
