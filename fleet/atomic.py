@@ -32,5 +32,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def write_json_atomic(path: Path, obj: Any, default: Callable[[Any], Any] | None = None, indent: int | None = 2) -> None:
+def write_json_atomic(path: Path, obj: Any, default: Callable[[Any], Any] | None = None,
+                      indent: int | None = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, default=default))

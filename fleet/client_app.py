@@ -23,9 +23,9 @@ from flwr.clientapp import ClientApp
 from fleet import artifacts
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.model.roles import needs_reference
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.device import run_device_round
+from fleet.model.roles import needs_reference
 from fleet.state import load_device_state, save_device_state
 
 __all__ = ["app", "make_client_app", "config_from_run_config"]

@@ -177,7 +177,8 @@ def _select_coreset(rnd: _Round, model: nn.Module, state: State) -> _Coreset:
     return core
 
 
-def _plan(rnd: _Round, global_arrays: dict[str, np.ndarray], core: _Coreset, batch: int) -> tuple[RoundCost, int | None]:
+def _plan(rnd: _Round, global_arrays: dict[str, np.ndarray], core: _Coreset,
+          batch: int) -> tuple[RoundCost, int | None]:
     """The virtual clock's prediction of the round, before training, so a straggler spends no real compute.
     Returns the predicted cost and the step budget (None = the whole job); a late device's status is set."""
     cfg, ins, rep = rnd.cfg, rnd.ins, rnd.rep

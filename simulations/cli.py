@@ -18,7 +18,8 @@ __all__ = ["main", "build_parser"]
 
 EPILOG = "Scenario keys: docs/scenario-keys.md. Results: docs/results.md."
 #: Subcommands that live in their own modules (each has add_parser(subparsers) and main(args)).
-SUBCOMMAND_MODULES = ("simulations.analysis.report", "simulations.run.sweep", "simulations.analysis.compare", "simulations.run.resume")
+SUBCOMMAND_MODULES = ("simulations.analysis.report", "simulations.run.sweep", "simulations.analysis.compare",
+                      "simulations.run.resume")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +39,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from simulations.run.progress import Progress
-    from simulations.store.results import new_run_dir
     from simulations.run.scenario import load_config, preflight, run_config
+    from simulations.store.results import new_run_dir
 
     cfg, _ = load_config(args.scenario, args.overrides)
     for w in preflight(cfg):
@@ -65,7 +66,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
     print(f"final accuracy {pct(s.get('final_accuracy'))} (float reference {pct(s.get('fp_reference_accuracy'))}) "
           f"after {s.get('rounds_completed')} rounds; W{s.get('weight_bits')}A{s.get('act_bits')}, "
-          f"model {s.get('model_size_bytes', 0) / 1024:.1f} KiB (fp32 {s.get('fp32_model_size_bytes', 0) / 1024:.1f} KiB)")
+          f"model {s.get('model_size_bytes', 0) / 1024:.1f} KiB "
+          f"(fp32 {s.get('fp32_model_size_bytes', 0) / 1024:.1f} KiB)")
     print(f"device-rounds ok {s.get('device_rounds_completed')}, failed {s.get('device_rounds_failed')}, "
           f"dropped {s.get('device_rounds_dropped')}; uplink {s.get('uplink_bytes', 0) / 2**20:.2f} MiB, "
           f"downlink {s.get('downlink_bytes', 0) / 2**20:.2f} MiB; wall {s.get('wall_time_s', 0):.1f} s, "

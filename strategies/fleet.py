@@ -15,8 +15,8 @@ Flower Message-API strategy (built-in or the user's), as Flower's DP wrappers do
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -29,14 +29,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
-from fleet.model.roles import needs_reference
-from fleet.quant.codecs import Codec
 from fleet.config.scenario import ScenarioConfig
 from fleet.errors import one_line
 from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
-from fleet.train.schedule import round_window
 from fleet.hardware.profiles import nearest_bits
+from fleet.model.roles import needs_reference
+from fleet.quant.codecs import Codec
 from fleet.quant.spec import is_quantizer_key
+from fleet.train.schedule import round_window
 from strategies.guard import screen_updates
 from strategies.sampling import draw_faults, sample_devices
 

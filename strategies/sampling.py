@@ -13,10 +13,9 @@ True
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from fleet.config.schema import FaultsConfig
 from fleet.hardware.faults import FAULT_KINDS
 
 __all__ = ["sample_devices", "draw_faults"]
@@ -32,7 +31,7 @@ def sample_devices(online: np.ndarray, want: int, seed: int, server_round: int) 
     return sorted(int(d) for d in rng.choice(pool, size=k, replace=False)) if k else []
 
 
-def draw_faults(faults: Any, devices: list[int], seed: int, server_round: int) -> dict[int, str]:
+def draw_faults(faults: FaultsConfig, devices: list[int], seed: int, server_round: int) -> dict[int, str]:
     """Injected fault per device-round (``[faults]`` probabilities; at most one fault each)."""
     probs = [(kind, getattr(faults, kind)) for kind in FAULT_KINDS]  # the [faults] keys, in this order
     if not any(p for _, p in probs):

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tomli_w
+import torch
 
 from fleet.config.scenario import defaults, unflatten
 from fleet.config.schema import ConfigError
 from fleet.state import load_device_state, save_device_state
+from simulations.run.resume import check_resumable
 from simulations.store.checkpoint import (
     CheckpointError,
     capture_object_state,
@@ -23,7 +24,6 @@ from simulations.store.checkpoint import (
     restore_object_state,
     save_checkpoint,
 )
-from simulations.run.resume import check_resumable
 
 
 class _Inner:

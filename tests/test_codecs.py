@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from fleet.model.architectures import build_model
 from fleet.quant import codecs
 from fleet.quant.codecs import CODECS, build_codec, payload_nbytes
-from fleet.model.architectures import build_model
 from fleet.quant.convert import init_quantizers, quant_info, quantize_model
 from fleet.quant.spec import QuantInfo, QuantSpec
 

@@ -232,7 +232,8 @@ def test_check_override_accepts_good_values(key: str, text: str) -> None:
     ("data.alpha", "0", "data.alpha: must be > 0, got 0"),
     ("quant.weight-bits", "9", f"quant.weight-bits: must be one of {BITS_HINT}; got 9"),
     ("federation.nope", "1", "federation.nope: unknown key (valid keys: federation.num-devices, "
-     "federation.devices-per-round, federation.rounds, federation.seed, federation.round-timeout-s, federation.eval-every, "
+     "federation.devices-per-round, federation.rounds, federation.seed, federation.round-timeout-s, "
+     "federation.eval-every, "
      "federation.device-eval-limit)"),
     ("devices.profiles.mcu", "-1", "devices.profiles.mcu: must be a number >= 0 (mix weight), got -1"),
     ("devices.profiles.mcu", "abc", "devices.profiles.mcu: must be a number >= 0 (mix weight), got 'abc'"),

@@ -20,8 +20,8 @@ from fleet.quant.convert import (
     quantize_model,
     set_initialized,
 )
-from fleet.quant.spec import split_state
 from fleet.quant.quantizers import IdentityQuantizer, LsqQuantizer
+from fleet.quant.spec import split_state
 
 
 def _cnn() -> nn.Module:
@@ -134,7 +134,7 @@ def test_split_state_keeps_flags_and_counters_local() -> None:
     q = quantize_model(_cnn(), 4, 4)
     agg, local = split_state(q.state_dict())
     assert sorted(local) == sorted(
-        [f"{l}.{p}_quant.initialized" for l in ("conv2", "conv3") for p in ("weight", "act")]
+        [f"{layer}.{p}_quant.initialized" for layer in ("conv2", "conv3") for p in ("weight", "act")]
         + [f"bn{i}.num_batches_tracked" for i in (1, 2, 3)]
     )
     assert "conv2.weight_quant.step" in agg and "bn1.running_mean" in agg

@@ -7,8 +7,8 @@ from torch import nn
 
 from fleet.hardware.clock import RoundCost, apply_deadline, device_round_cost
 from fleet.hardware.flops import model_flops
-from fleet.model.architectures import build_model
 from fleet.hardware.profiles import DeviceProfile
+from fleet.model.architectures import build_model
 
 
 @pytest.fixture
@@ -93,8 +93,9 @@ def test_deadline_unknown_policy() -> None:
 
 def test_matmul_only_counts_qcore_layers_like_the_float_ones() -> None:
     # Prepare: conv 1->2 (3x3, pad 1) on 4x4 and linear 32->3, float and as QCore's integer-code layers
-    from fleet.qcore.quant import to_qcore
     import torch
+
+    from fleet.qcore.quant import to_qcore
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
     qmodel = to_qcore(model, 4, torch.randn(8, 1, 4, 4))

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fleet.train.losses import FeatureTaps, auto_beta, clc_loss, kd_loss
 from fleet.model.architectures import block_names, build_model
+from fleet.train.losses import FeatureTaps, auto_beta, clc_loss, kd_loss
 
 
 def test_kd_loss_by_hand_and_teacher_detached() -> None:

@@ -11,8 +11,8 @@ from torch import nn
 
 import fleet.train.loop
 from fleet.config.schema import TrainConfig
-from fleet.train.schedule import lr_factor, progress, round_window
 from fleet.train.loop import OPT_PREFIX, Schedule, load_optimizer_state, optimizer_state, train_local
+from fleet.train.schedule import lr_factor, progress, round_window
 
 # --- lr_factor, progress, round_window -------------------------------------------------------
 

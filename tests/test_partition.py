@@ -7,8 +7,8 @@ import pytest
 
 import fleet.data.splits as fleetdata
 from fleet.config.scenario import parse_config
-from fleet.data.splits import device_data, fleet_data
 from fleet.data.partition import label_histograms, partition
+from fleet.data.splits import device_data, fleet_data
 
 Y = np.repeat(np.arange(10), 100)  # 10 balanced classes, 1000 samples
 

@@ -127,8 +127,8 @@ def test_fedavg_plain_rounds_and_determinism() -> None:
     # Prepare: three devices of 20, 20, 24 samples
     x, y = _tiny_data()
     parts = [np.arange(0, 20), np.arange(20, 40), np.arange(40, 64)]
-    kwargs = dict(wbits=2, abits=2, rounds=2, per_round=2, local_epochs=1,
-                  fraction=0.5, lr=1e-3, batch_size=8, seed=3)
+    kwargs = {"wbits": 2, "abits": 2, "rounds": 2, "per_round": 2, "local_epochs": 1,
+              "fraction": 0.5, "lr": 1e-3, "batch_size": 8, "seed": 3}
 
     # Execute
     first = fedavg_plain(_fp_model(), parts, x, y, x, y, **kwargs)

@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-
 from fleet.config.scenario import defaults, flatten, parse_config
 from fleet.hardware.profiles import PROFILES
 

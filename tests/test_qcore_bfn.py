@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from fleet.hardware.flops import model_flops
 from fleet.model.architectures import build_model
 from fleet.qcore.bfn import BFNSet, build_bfn, capture_inputs, fit_bfns
-from fleet.hardware.flops import model_flops
 from fleet.qcore.calibrate import CalibrationContext, record_flip_pairs
 from fleet.qcore.quant import CodeConv2d, CodeLinear, qcore_layers, to_qcore
 from fleet.quant.spec import qrange

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from whole_run import assert_one_line_error
 from safetensors.torch import save_file
+from whole_run import assert_one_line_error
 
 from fleet.config.scenario import ConfigError
 from fleet.model.architectures import build_model

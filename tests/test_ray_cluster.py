@@ -20,7 +20,6 @@ import psutil
 import pytest
 from whole_run import run_flat
 
-
 pytestmark = pytest.mark.slow
 
 RAY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "ray"
@@ -78,7 +77,8 @@ def ray_head() -> Iterator[tuple[str, Path]]:
         assert not leftover, f"Ray head processes left running: {[p.pid for p in leftover]}"
 
 
-def test_run_joins_an_existing_cluster(ray_head: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_joins_an_existing_cluster(ray_head: tuple[str, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: 4 digits devices, 2 rounds, attached to the head through ray.address
     address, temp_dir = ray_head
     monkeypatch.setenv("EDGEFLEET_CACHE", str(tmp_path / "cache"))

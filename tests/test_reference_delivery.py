@@ -6,13 +6,13 @@ from flwr.app import ConfigRecord
 from mock_replies import FakeGrid, arrays_record, server_identity
 
 from fleet import protocol as P
+from fleet.config.scenario import parse_config
+from fleet.data.splits import fleet_data
+from fleet.device import run_device_round
+from fleet.model.architectures import build_model
 from fleet.model.assembly import state_arrays, trainable_model
 from fleet.model.roles import needs_reference
 from fleet.quant.codecs import build_codec
-from fleet.config.scenario import parse_config
-from fleet.device import run_device_round
-from fleet.data.splits import fleet_data
-from fleet.model.architectures import build_model
 from strategies.fleet import FleetStrategy
 from strategies.registry import build_inner_strategy
 

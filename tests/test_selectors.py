@@ -19,8 +19,8 @@ from fleet.coreset import (
     should_reselect,
     top_k,
 )
-from fleet.coreset.selectors import moderate_scores
 from fleet.coreset.budget import budget, class_budgets
+from fleet.coreset.selectors import moderate_scores
 
 # Crafted dataset: class 0 has 4 samples with low scores, class 1 has 6 with high ones.
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])

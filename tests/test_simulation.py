@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from whole_run import run_flat
 
-
 pytestmark = pytest.mark.slow
 
 BASE = {

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from whole_run import run_flat
 from flwr.serverapp.strategy import FedAvg
+from whole_run import run_flat
 
 from fleet.config.scenario import ConfigError
 from simulations.cli import main

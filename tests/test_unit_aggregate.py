@@ -62,7 +62,8 @@ def test_statuses_are_counted_and_only_ok_updates_are_aggregated(monkeypatch: py
     flaky = [d for d, p in enumerate(strategy.profiles) if p == "flaky"]
     assert len(flaky) == 1 and flaky[0] not in ins  # the offline device gets no message
     d = sorted(ins)  # the 7 steady devices
-    crash = "Traceback (most recent call last):\n  File \"device.py\", line 1\nInjectedCrash: injected crash (faults.crash)\n"
+    crash = ("Traceback (most recent call last):\n  File \"device.py\", line 1\n"
+             "InjectedCrash: injected crash (faults.crash)\n")
     replies = [
         device_reply(ins[d[0]], _full(1.0), weight=1.0, uplink_bytes=100),
         device_reply(ins[d[1]], _full(2.0), weight=1.0, uplink_bytes=200),

@@ -22,8 +22,8 @@ from fleet.arrays import record_from_numpy
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.data.splits import device_data, fleet_data
 from fleet.device import DeviceRound, run_device_round
-from fleet.hardware.flops import model_flops
 from fleet.hardware.faults import InjectedCrash
+from fleet.hardware.flops import model_flops
 from fleet.hardware.memory import estimate_peak_memory
 from fleet.model.architectures import build_model
 from fleet.model.assembly import state_arrays, trainable_model

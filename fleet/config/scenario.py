@@ -25,6 +25,18 @@ from flwr.common.config import unflatten_dict
 from fleet.config.schema import (
     SECTIONS,
     ConfigError,
+    CoresetConfig,
+    DataConfig,
+    DevicesConfig,
+    FaultsConfig,
+    FederationConfig,
+    ModelConfig,
+    OutputConfig,
+    QuantConfig,
+    RayConfig,
+    StrategyConfig,
+    StreamConfig,
+    TrainConfig,
     check_value,
     key_of,
 )
@@ -68,18 +80,18 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 class ScenarioConfig:
     """The whole scenario, one frozen dataclass per section."""
 
-    federation: Any
-    data: Any
-    model: Any
-    quant: Any
-    coreset: Any
-    train: Any
-    devices: Any
-    strategy: Any
-    ray: Any
-    output: Any
-    faults: Any
-    stream: Any
+    federation: FederationConfig
+    data: DataConfig
+    model: ModelConfig
+    quant: QuantConfig
+    coreset: CoresetConfig
+    train: TrainConfig
+    devices: DevicesConfig
+    strategy: StrategyConfig
+    ray: RayConfig
+    output: OutputConfig
+    faults: FaultsConfig
+    stream: StreamConfig
     name: str = "scenario"
 
     def to_flat(self) -> dict[str, Any]:
@@ -177,7 +189,8 @@ def _check_cross(cfg: ScenarioConfig) -> None:
             f"must be <= federation.num-devices ({fed.num_devices}), got {fed.devices_per_round}",
         )
     if cfg.data.dataset == "npz" and not cfg.data.root:
-        raise ConfigError("data.root", "the npz dataset needs data.root (a folder of <name>_train.npz / <name>_test.npz)")
+        raise ConfigError("data.root",
+                          "the npz dataset needs data.root (a folder of <name>_train.npz / <name>_test.npz)")
     if cfg.quant.codec == "qweights" and cfg.quant.weight_bits == 32:
         raise ConfigError("quant.codec", "'qweights' needs quant.weight-bits < 32 (the model's own bit-width)")
 

@@ -146,7 +146,7 @@ class QuantConfig:
     weight_bits: int = opt(32, "weight bits (32 = float)", choices=BITS)
     act_bits: int = opt(32, "activation bits (32 = float)", choices=BITS)
     per_channel: bool = opt(False, "per-output-channel weight step sizes")
-    act_signed: Any = opt("auto", "activation range: 'auto' = unsigned [0, 2^b-1] after ReLU/ReLU6, signed "
+    act_signed: str | bool = opt("auto", "activation range: 'auto' = unsigned [0, 2^b-1] after ReLU/ReLU6, signed "
                           "elsewhere (docs/quantization.md); true = signed everywhere, as ACS's code; false = unsigned",
                           choices=Registry("fleet.quant.signs", "ACT_SIGNED_CHOICES"), kind=(str, bool))
     weights_only: bool = opt(False, "quantize weights only (as the papers do for MobileNetV2)")
@@ -187,7 +187,7 @@ class TrainConfig:
     bn_refresh: bool = opt(True, "after local training, re-estimate BatchNorm running statistics with the trained "
                            "model on (up to 2048 of) the samples it trained on (docs/quantization.md)")
     kd: bool = opt(True, "distil from the float reference when the model is quantized (soft CE, T = 1)")
-    clc_beta: Any = opt(0.0, "CLC weight beta (0 = off; 'auto' = beta*L_CLC equals clc-auto-ratio*L_KD)",
+    clc_beta: float | str = opt(0.0, "CLC weight beta (0 = off; 'auto' = beta*L_CLC equals clc-auto-ratio*L_KD)",
                         kind=(float, str))
     clc_auto_ratio: float = opt(0.5, "target L_CLC share of L_KD for clc-beta = 'auto'", gt=0)
     clc_layers: str = opt("all", "comma-separated block names to correct ('all' = every block)")
@@ -267,7 +267,8 @@ class StreamConfig:
     tasks: int = opt(10, "stream batches (tasks) per device", ge=1)
     drift: str = opt("covariate", "kind of drift", choices=Registry("fleet.qcore.stream", "DRIFTS"))
     core_size: int = opt(20, "QCore size", ge=1)
-    bits: int = opt(4, "bit-width of the deployed model during calibration", choices=Registry("fleet.qcore.quant", "SUPPORTED_BITS"))
+    bits: int = opt(4, "bit-width of the deployed model during calibration",
+                    choices=Registry("fleet.qcore.quant", "SUPPORTED_BITS"))
     calibration: str = opt("bfn", "on-device calibration", choices=Registry("fleet.qcore.calibrate", "CALIBRATIONS"))
     devices: int = opt(0, "devices that run the stream (0 = all)", ge=0)
     calibration_epochs: int = opt(10, "back-propagation epochs per stream batch (baselines, and what BFNs imitate)",

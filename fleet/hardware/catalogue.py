@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from fleet.hardware.availability import AvailabilityModel, AvailabilitySpec
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
+from fleet.hardware.availability import AvailabilityModel, AvailabilitySpec
 from fleet.hardware.profiles import PROFILES, DeviceProfile, assign_profiles, profile_from_dict
 
 __all__ = ["catalogue", "resolve_profile", "device_profiles", "availability_model"]

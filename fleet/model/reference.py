@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fleet.atomic import write_atomic
-from fleet.model.bnstats import reestimate_bn
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
 from fleet.data.splits import FleetData
 from fleet.model.architectures import build_model
+from fleet.model.bnstats import reestimate_bn
 from fleet.train.loop import evaluate
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ Examples
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fleet.quant.quantizers import IdentityQuantizer, LsqQuantizer
-from fleet.quant.spec import FLOAT_BITS, QuantInfo, QuantSpec, check_bits
 from fleet.quant.signs import relu_fed_layers, resolve_act_signed
+from fleet.quant.spec import FLOAT_BITS, QuantInfo, QuantSpec, check_bits
 
 __all__ = [
     "QConv2d",

@@ -59,7 +59,8 @@ def _fed_by_relu(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     while True:
         if _matches(node, modules, _RELU_MODULES, _RELU_FUNCTIONS, _RELU_METHODS):
             return True
-        if not _matches(node, modules, _KEEP_MODULES, _KEEP_FUNCTIONS, _KEEP_METHODS) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        keeps = _matches(node, modules, _KEEP_MODULES, _KEEP_FUNCTIONS, _KEEP_METHODS)
+        if not keeps or not node.args or not isinstance(node.args[0], torch.fx.Node):
             return False
         node = node.args[0]
 

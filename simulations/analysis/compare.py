@@ -24,8 +24,8 @@ from simulations.analysis.plots.compare import (
     plot_accuracy_vs_fraction,
     plot_accuracy_vs_uplink,
 )
-from simulations.store.rundir import Run, RunDirError, is_run_dir, load_run
 from simulations.analysis.stats import format_ci, mean_ci95
+from simulations.store.rundir import Run, RunDirError, is_run_dir, load_run
 
 __all__ = ["METRICS", "SEED_KEY", "IGNORED_PREFIXES", "Result", "Group", "varying_keys",
            "result_from_run", "group_results", "write_comparison", "compare_runs",

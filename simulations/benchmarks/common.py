@@ -13,7 +13,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ def git_commit(default: str | None = "unknown") -> str | None:
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _memory_bytes() -> int | None:

@@ -28,16 +28,16 @@ from typing import Any
 
 import torch
 
-from fleet.model.assembly import trainable_model
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.data.splits import device_data, fleet_data, test_subset
-from fleet.train.losses import FeatureTaps, clc_loss, kd_loss
+from fleet.model.assembly import trainable_model
 from fleet.quant.convert import init_quantizers
+from fleet.train.losses import FeatureTaps, clc_loss, kd_loss
+from simulations.analysis.stats import format_ci, mean_ci95
 from simulations.benchmarks.common import RESULTS, machine, read_json, write_json
 from simulations.benchmarks.coreset_data import BenchData, load_reference, prepare
 from simulations.benchmarks.coreset_fed import run_fed
 from simulations.benchmarks.coreset_single import run_single
-from simulations.analysis.stats import format_ci, mean_ci95
 
 OUT = RESULTS / "coreset.json"
 BITS = (2, 4)

@@ -21,19 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from fleet.model.assembly import trainable_model
 from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
-from fleet.train.losses import clc_layer_names
 from fleet.data.splits import device_data, fleet_data
+from fleet.model.assembly import trainable_model
+from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
 from fleet.quant.convert import init_quantizers
 from fleet.quant.export import export_quantized, load_exported
-from fleet.model.bnstats import has_batchnorm, reestimate_bn
-from fleet.model.bnstats import BN_REFRESH_SAMPLES
-from fleet.train.schedule import round_window
 from fleet.train.loop import Schedule, evaluate, train_local
+from fleet.train.losses import clc_layer_names
+from fleet.train.schedule import round_window
 
 __all__ = ["SingleResult", "run_single"]
 

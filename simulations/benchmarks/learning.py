@@ -32,8 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from simulations.benchmarks.common import (RESULTS, SHARED_DATA, ci_text, machine, over_budget, read_json, run_scenario,
-                                           write_json)
+from simulations.benchmarks.common import (
+    RESULTS,
+    SHARED_DATA,
+    ci_text,
+    machine,
+    over_budget,
+    read_json,
+    run_scenario,
+    write_json,
+)
 
 __all__ = ["CELLS", "cell_config", "main", "table"]
 
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 done[str(seed)] = {"project": proj, "anchor": _anchor(flat), "config": flat}
                 results["machine"] = machine()
                 write_json(out, results, indent=1, default=str)
-                print(f"{cell} seed {seed}: edgefleet {proj['final']:.4f}, plain {done[str(seed)]['anchor']['final']:.4f}"
+                anchor = done[str(seed)]["anchor"]["final"]
+                print(f"{cell} seed {seed}: edgefleet {proj['final']:.4f}, plain {anchor:.4f}"
                       f" (float {proj['float']:.4f}, {proj['wall_s']:.0f} s)", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from fleet.model.architectures import build_model
 from fleet.quant.convert import init_quantizers, quantize_model
-from simulations.benchmarks.common import RESULTS as RESULTS_DIR, machine, write_json
+from simulations.benchmarks.common import RESULTS as RESULTS_DIR
+from simulations.benchmarks.common import machine, write_json
 
 CASES: list[tuple[str, tuple[int, int, int]]] = [("cnn", (1, 28, 28)), ("resnet20", (3, 32, 32))]
 RESULTS = RESULTS_DIR / "qat_step.json"

@@ -161,7 +161,7 @@ def main() -> None:
     summary: dict = {}
     for key in per_device[0]:
         rows = [dev[key] for dev in per_device]  # devices x tasks
-        def stat(field: str) -> dict:
+        def stat(field: str, rows: list = rows) -> dict:
             v = np.array([[r[field] for r in dev] for dev in rows], dtype=np.float64)  # (D, T)
             return {"mean": np.nanmean(v, 0).tolist(), "std": np.nanstd(v, 0).tolist()}
         summary[key] = {f: stat(f) for f in ("accuracy_task", "accuracy_original",

@@ -38,8 +38,17 @@ from typing import Any
 import torch
 
 from simulations.analysis.stats import format_ci, mean_ci95
-from simulations.benchmarks.common import (RESULTS, SHARED_DATA, git_commit, machine, over_budget, read_json,
-                                           run_scenario, utc_now, write_json)
+from simulations.benchmarks.common import (
+    RESULTS,
+    SHARED_DATA,
+    git_commit,
+    machine,
+    over_budget,
+    read_json,
+    run_scenario,
+    utc_now,
+    write_json,
+)
 
 OUT = RESULTS / "quant.json"
 QAT_STEP = RESULTS / "qat_step.json"

@@ -50,8 +50,8 @@ from typing import Any
 
 import psutil
 
-from simulations.benchmarks.common import (RESULTS as RESULTS_DIR, git_commit, machine, run_scenario, utc_now,
-                                           write_json)
+from simulations.benchmarks.common import RESULTS as RESULTS_DIR
+from simulations.benchmarks.common import git_commit, machine, run_scenario, utc_now, write_json
 
 RESULTS = RESULTS_DIR / "scale.json"
 CASES = ("vanilla", "edgefleet-fp32", "edgefleet-mission")
@@ -202,7 +202,7 @@ def _print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"{'case':<19} {'ms/dev-round +startup':>24} {'ms/dev-round rounds':>22} {'ratio +su':>9} "
           f"{'ratio rnd':>9} {'peak RSS MB':>18}")
     for case, s in summary.items():
-        def cell(k: str) -> str:
+        def cell(k: str, s: dict = s) -> str:
             return f"{1e3 * s[k]['median']:.1f} [{1e3 * s[k]['min']:.1f}-{1e3 * s[k]['max']:.1f}]"
         r_su = s.get("ratio_startup", {}).get("median_paired")
         r_rd = s.get("ratio_rounds", {}).get("median_paired")

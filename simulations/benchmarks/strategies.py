@@ -62,8 +62,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fleet.config.scenario import ScenarioConfig, parse_config
-from simulations.benchmarks.common import (RESULTS as RESULTS_DIR, SHARED_DATA, ci_text, git_commit, machine,
-                                           read_json, utc_now, write_json)
+from simulations.benchmarks.common import RESULTS as RESULTS_DIR
+from simulations.benchmarks.common import SHARED_DATA, ci_text, git_commit, machine, read_json, utc_now, write_json
 from simulations.store.rundir import read_jsonl
 from strategies.sampling import draw_faults, sample_devices
 
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
         "benchmark": "strategies", "quick": args.quick, "seeds": seeds, "budget": base,
         "strategies": {s: STRATEGIES[s] for s in strategies}, "alphas": list(alphas), "conditions": CONDITIONS,
         "engine": "in-process LocalGrid (no Ray)", "workers": workers, "git_commit": commit,
-        "machine": machine(("cores", "memory_bytes", "python", "torch", "flwr", "ray", "load_avg"),  # strategies.json's key names
+        # strategies.json's key names
+        "machine": machine(("cores", "memory_bytes", "python", "torch", "flwr", "ray", "load_avg"),
                            rename={"cores": "cpu_count", "load_avg": "load_average"}),
         "date": utc_now(),
         "wall_s": round(wall, 1), "table": text, "cells": cells,

@@ -20,13 +20,13 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fleet import protocol as P
-from fleet.errors import one_line
 from fleet.config.scenario import ScenarioConfig
 from fleet.data.splits import FleetData
+from fleet.errors import one_line
 from fleet.qcore.continual import deploy
+from fleet.qcore.device import continual_config
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording
 from fleet.qcore.quant import to_qcore
-from fleet.qcore.device import continual_config
 from strategies.fleet import FleetStrategy
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fleet.config.scenario import ConfigError, ScenarioConfig, load_scenario_file, parse_config, parse_override
-from fleet.hardware.flops import model_flops
 from fleet.hardware.catalogue import catalogue, device_profiles
+from fleet.hardware.flops import model_flops
 from fleet.model.architectures import build_model
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,11 @@ def load_config(scenario: str, overrides: Mapping[str, Any] | list[str] = ()) ->
 
 def preflight(cfg: ScenarioConfig) -> list[str]:
     """Check what the config alone cannot (files, names, hardware); returns warnings."""
-    from fleet.model.assembly import keep_fp_names
-    from fleet.quant.codecs import scenario_codec
-    from fleet.train.losses import clc_layer_names
     from fleet.data.splits import fleet_data
-    from fleet.train.losses import FeatureTaps
+    from fleet.model.assembly import keep_fp_names
     from fleet.model.reference import load_state_checked
+    from fleet.quant.codecs import scenario_codec
+    from fleet.train.losses import FeatureTaps, clc_layer_names
     from strategies.loader import load_strategy
 
     warnings: list[str] = []

@@ -25,7 +25,6 @@ __all__ = ["export_deployable", "write_qgt_report"]
 def write_qgt_report(model: nn.Module, bits: int, run_dir: Path) -> None:
     """Per-layer distance to the low-bit grid of the final model (QGT's bottleneck report, a reconstruction)."""
     from fleet.train.qgt import bottleneck_report
-
     from simulations.store.results import write_json_atomic
 
     layers = bottleneck_report(model, bits)

@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,7 @@ class RunDir:
             "energy_j": self.energy_j, "weight_bits": cfg.quant.weight_bits, "act_bits": cfg.quant.act_bits,
             "coreset_method": cfg.coreset.method, "coreset_fraction": cfg.coreset.fraction,
             "strategy": cfg.strategy.name, "codec": cfg.quant.codec,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         summary.update(self.summary)  # fields learned during the run (e.g. the reference's accuracy)
         summary.update(extra)
