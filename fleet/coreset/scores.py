@@ -194,3 +194,8 @@ def score_pass(
         out["ds"] = ds(out["logits_q"].softmax(1), z_f.softmax(1))
         out["res"] = res_from_logits(out["logits_q"], z_f)
     return out
+
+
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's logits ``(N, K)`` on ``x``, in eval mode under ``no_grad`` (its mode restored)."""
+    return _run(model, x, batch_size, False)[0]

@@ -41,6 +41,7 @@ import torch
 from fleet.coreset.base import CoresetResult, SelectionContext, Selector, SelectorState
 from fleet.coreset.budget import check_fraction, normalize, top_k
 from fleet.coreset.forgetting import ForgettingSelector
+from fleet.coreset.margin import MarginSelector
 from fleet.coreset.schedules import SCHEDULES
 from fleet.coreset.scores import score_pass
 
@@ -249,6 +250,7 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "quarc": lambda: MixSelector(with_res=True),
     "forgetting": ForgettingSelector,
     "moderate": ModerateSelector,
+    "margin": MarginSelector,
 }
 
 
