@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(BIN)/fleet: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(BIN)/fleet
 
 test: $(BIN)/fleet
 	$(BIN)/python -m pytest tests
+
+lint: $(BIN)/fleet  # the rule selection and the type-check settings are in pyproject.toml
+	$(BIN)/ruff check fleet strategies simulations tests
+	$(BIN)/mypy
 
 bench: $(BIN)/fleet  # the quick benchmarks; the full ones are listed in docs/benchmarks.md
 	$(BIN)/python -m simulations.benchmarks.qat_step
