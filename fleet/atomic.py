@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["write_atomic", "write_json_atomic", "write_text_atomic"]
 
 
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+def write_atomic(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

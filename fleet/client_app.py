@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from fleet import artifacts
@@ -46,7 +46,7 @@ def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndar
         return load_device_state(ins.state_dir, ins.device, ins.server_round)
     if P.STATE_ARRAYS not in context.state:
         return {}
-    return record_to_numpy(context.state[P.STATE_ARRAYS])
+    return record_to_numpy(P.record(context.state, P.STATE_ARRAYS, ArrayRecord))
 
 
 def _same_state(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
@@ -54,15 +54,15 @@ def _same_state(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> boo
 
 
 def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
-    ins = P.DeviceInstruction.from_record(msg.content[P.CONFIG])
+    ins = P.DeviceInstruction.from_record(P.record(msg.content, P.CONFIG, ConfigRecord))
     own = int(context.node_config.get("partition-id", ins.device))
     if own != ins.device:
         raise ValueError(f"instruction for device {ins.device} reached device {own}")
-    global_arrays = record_to_numpy(msg.content[P.ARRAYS])
+    global_arrays = record_to_numpy(P.record(msg.content, P.ARRAYS, ArrayRecord))
     downlink = msg.content[P.ARRAYS].count_bytes()
     if P.REFERENCE in msg.content:
         downlink += msg.content[P.REFERENCE].count_bytes()
-    sent = record_to_numpy(msg.content[P.REFERENCE]) if P.REFERENCE in msg.content else None
+    sent = record_to_numpy(P.record(msg.content, P.REFERENCE, ArrayRecord)) if P.REFERENCE in msg.content else None
     reference = (artifacts.reference(cfg, ins.ref_hash, sent)
                  if needs_reference(cfg, ins.weight_bits, ins.act_bits) else None)
     state = _load_state(context, ins)
@@ -80,22 +80,23 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
 def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
     """Roster query (which device this node is), or the continual phase (``ask = "stream"``)."""
     pid = int(context.node_config.get("partition-id", -1))
-    ask = msg.content[P.CONFIG].get(P.ASK, P.ASK_ROSTER)
+    config = P.record(msg.content, P.CONFIG, ConfigRecord)
+    ask = config.get(P.ASK, P.ASK_ROSTER)
     if ask != P.ASK_STREAM:
         return Message(RecordDict({P.REPORT: ConfigRecord({P.DEVICE: pid})}), reply_to=msg)
     from fleet.qcore.device import run_stream_device
 
-    device = int(msg.content[P.CONFIG][P.DEVICE])
+    device = int(P.scalar(config[P.DEVICE]))
     if pid not in (-1, device):
         raise ValueError(f"stream for device {device} reached device {pid}")
 
     def tensors(key: str) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in record_to_numpy(msg.content[key]).items()}
+        return {k: torch.from_numpy(v) for k, v in record_to_numpy(P.record(msg.content, key, ArrayRecord)).items()}
 
     core = tensors(P.CORE)
-    rows = run_stream_device(cfg, device, str(msg.content[P.CONFIG][P.PROFILE]), tensors(P.ARRAYS),
+    rows = run_stream_device(cfg, device, str(config[P.PROFILE]), tensors(P.ARRAYS),
                              tensors(P.BFN) if P.BFN in msg.content else None, (core["x"], core["y"]))
-    metrics = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
+    metrics: dict[str, MetricRecordValues] = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
     metrics[P.DEVICE] = device
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 

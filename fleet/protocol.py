@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -37,11 +37,27 @@ BFN = "bfn"  # the bit-flipping networks' state
 
 __all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
            "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "ASK", "ASK_ROSTER", "ASK_STREAM", "DEVICE",
-           "PROFILE", "CORE", "BFN"]
+           "PROFILE", "CORE", "BFN", "record", "scalar"]
+
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
+Scalar = int | float | str | bytes | bool  # what a Flower record holds besides lists
 
 
 def _kebab(name: str) -> str:
     return name.replace("_", "-")
+
+
+def record(content: RecordDict, key: str, kind: type[R]) -> R:
+    """``content[key]``, which this contract says is a ``kind`` record (Flower types it as any record)."""
+    rec = content[key]
+    assert isinstance(rec, kind), f"record {key!r} is a {type(rec).__name__}, not a {kind.__name__}"
+    return rec
+
+
+def scalar(v: Scalar | list[Any]) -> Scalar:
+    """A record value this contract writes as a scalar (Flower types every value as scalar or list)."""
+    assert not isinstance(v, list), f"expected a scalar record value, got a list: {v!r}"
+    return v
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,7 @@ class DeviceInstruction:
 
     @classmethod
     def from_record(cls, rec: ConfigRecord) -> DeviceInstruction:
-        kw = {}
+        kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = _kebab(f.name)
             if key in rec:
@@ -132,11 +148,11 @@ class DeviceReport:
         kw: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name == "extra":
-                kw["extra"] = {k[2:]: float(v) for k, v in metrics.items() if k.startswith("x-")}
+                kw["extra"] = {k[2:]: float(scalar(v)) for k, v in metrics.items() if k.startswith("x-")}
             elif f.name in _REPORT_STRINGS:
                 kw[f.name] = str(report.get(_kebab(f.name), ""))
             elif f.name == "weight":
-                kw["weight"] = float(metrics.get(WEIGHT_KEY, 0.0))
+                kw["weight"] = float(scalar(metrics.get(WEIGHT_KEY, 0.0)))
             elif _kebab(f.name) in metrics:
                 kw[f.name] = {"int": int, "float": float}[str(f.type)](metrics[_kebab(f.name)])
         return cls(**kw)

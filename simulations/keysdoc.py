@@ -38,7 +38,11 @@ def render() -> str:
     for section, cls in SECTIONS.items():
         lines += [f"## [{section}]", "", "| key | default | allowed | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                assert f.default_factory is not dataclasses.MISSING  # every schema field has a default or a factory
+                default = f.default_factory()
             lines.append(f"| `{key_of(section, f.name)}` | `{_default(default)}` | {_range(dict(f.metadata))} "
                          f"| {f.metadata['help']} |")
         lines.append("")

@@ -152,7 +152,7 @@ def _finish(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, strateg
     save_atomic(model.state_dict(), run_dir / "model.safetensors")
     if cfg.train.qgt_lambda > 0 or quantized:
         write_qgt_report(model, wb if wb < 32 else 8, run_dir)
-    extra = export_deployable(model, start.reference, cfg, run_dir, *test) if quantized else {
+    extra: dict[str, Any] = export_deployable(model, start.reference, cfg, run_dir, *test) if quantized else {
         "model_size_bytes": _fp32_bytes(model), "fp32_model_size_bytes": _fp32_bytes(model)}
     if cfg.stream.enabled:
         out.write_summary("running", **extra)

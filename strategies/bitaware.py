@@ -164,4 +164,5 @@ def _with_weight(msg: Message, key: str, weight: float) -> Message:
         if isinstance(record, MetricRecord):
             record = MetricRecord({**dict(record), key: weight})
         content[name] = record
-    return Message(content=content, metadata=copy.copy(msg.metadata))
+    # flwr's overloads omit the metadata-only constructor it supports (and uses itself, in make_message)
+    return Message(content=content, metadata=copy.copy(msg.metadata))  # type: ignore[call-overload]

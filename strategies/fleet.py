@@ -124,7 +124,7 @@ class FleetStrategy(Strategy):
             for reply in grid.send_and_receive(msgs, timeout=left):
                 if reply.has_error():
                     continue
-                dev = int(reply.content[P.REPORT][P.DEVICE])
+                dev = int(P.scalar(P.record(reply.content, P.REPORT, ConfigRecord)[P.DEVICE]))
                 self.roster[reply.metadata.src_node_id] = dev
                 self.nodes[dev] = reply.metadata.src_node_id
         if not self.nodes:
@@ -207,17 +207,19 @@ class FleetStrategy(Strategy):
             if pending is None:
                 continue
             if msg.has_error():
-                pending.status, pending.error = "failed", one_line(msg.error.reason, last_line=True) or "unknown error"
+                reason = one_line(msg.error.reason or "", last_line=True)  # Flower may send no reason
+                pending.status, pending.error = "failed", reason or "unknown error"
                 log_.reports.append(pending)
                 continue
-            rep = P.DeviceReport.from_records(msg.content[P.METRICS], msg.content[P.REPORT])
+            rep = P.DeviceReport.from_records(P.record(msg.content, P.METRICS, MetricRecord),
+                                              P.record(msg.content, P.REPORT, ConfigRecord))
             rep.downlink_bytes = pending.downlink_bytes
             log_.reports.append(rep)
             self.participation[rep.device] += 1
             if rep.status != "ok":
                 continue
             log_.uplink_bytes += rep.uplink_bytes
-            payload = record_to_numpy(msg.content[P.ARRAYS])
+            payload = record_to_numpy(P.record(msg.content, P.ARRAYS, ArrayRecord))
             try:
                 decoded[rep.device] = self._decode(payload, rep.bits)
             except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update

@@ -194,13 +194,13 @@ def _check_type(key: str, value: object, annotation: object) -> None:
     """Reject a TOML value whose type clearly mismatches a plain annotation."""
     if annotation not in _SIMPLE_TYPES:
         return  # unions, strings, callables: leave it to the constructor
-    ok = isinstance(value, annotation)  # type: ignore[arg-type]
+    ok = isinstance(value, annotation)
     if annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     if not ok:
-        name = annotation.__name__  # type: ignore[attr-defined]
+        name = annotation.__name__
         raise ValueError(
             f"strategy.options.{key}: expected {name}, got "
             f"{type(value).__name__} {value!r}"

@@ -72,7 +72,7 @@ def _type_name(kind: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))
 
 
-def check_value(key: str, raw: Any, f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
+def check_value(key: str, raw: Any, f: dataclasses.Field[Any]) -> Any:
     """Type-check and range-check one raw value against its field; returns the typed value."""
     m = f.metadata
     kind = m["kind"]

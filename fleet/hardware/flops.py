@@ -6,6 +6,8 @@ check and QCore's on-device cost all use it.
 
 from __future__ import annotations
 
+from typing import Protocol, TypeGuard
+
 import torch
 from torch import nn
 
@@ -16,13 +18,32 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish,
                 nn.Hardsigmoid, nn.Sigmoid, nn.Tanh)
 
 
+class _ConvShape(Protocol):
+    kernel_size: tuple[int, ...]
+    in_channels: int
+    groups: int
+
+
+class _LinearShape(Protocol):
+    in_features: int
+    out_features: int
+
+
+def _has_conv_shape(module: nn.Module) -> TypeGuard[_ConvShape]:
+    return hasattr(module, "kernel_size") and hasattr(module, "in_channels") and hasattr(module, "groups")
+
+
+def _has_linear_shape(module: nn.Module) -> TypeGuard[_LinearShape]:
+    return hasattr(module, "in_features") and hasattr(module, "out_features")
+
+
 def _macs(module: nn.Module, out: torch.Tensor) -> int | None:
     """Multiply-accumulates of a convolution or linear layer (None for anything else). Read from the layer's
     shape attributes, so QCore's integer-code layers count like the ``nn.Conv2d``/``nn.Linear`` they replace."""
-    if hasattr(module, "kernel_size") and hasattr(module, "in_channels") and hasattr(module, "groups"):
+    if _has_conv_shape(module):
         kh, kw = module.kernel_size
         return out.numel() * (module.in_channels // module.groups) * kh * kw
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+    if _has_linear_shape(module):
         return (out.numel() // module.out_features) * module.in_features * module.out_features
     return None
 

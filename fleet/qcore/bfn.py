@@ -32,6 +32,9 @@ torch.Size([3, 5])
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -57,6 +60,11 @@ class BFN(nn.Module):
     hidden : int
         Hidden width of the per-unit MLP (default: 32).
     """
+
+    # buffers registered in __init__
+    ref_mean: torch.Tensor
+    ref_std: torch.Tensor
+    ref_codes: torch.Tensor
 
     def __init__(self, weight_shape: tuple[int, ...], bits: int, reduce_dims: tuple[int, ...],
                  hidden: int = 32) -> None:
@@ -113,17 +121,19 @@ class BFN(nn.Module):
         return pooling + mlp + per_weight
 
 
-def _linear_bfn(layer: nn.Module, hidden: int) -> BFN:
+def _linear_bfn(layer: CodeLinear, hidden: int) -> BFN:
     return BFN(tuple(layer.codes.shape), layer.bits, (0,), hidden)
 
 
-def _conv2d_bfn(layer: nn.Module, hidden: int) -> BFN:
+def _conv2d_bfn(layer: CodeConv2d, hidden: int) -> BFN:
     if layer.groups != 1:
         raise ValueError("BFN supports Conv2d with groups=1 only")
     return BFN(tuple(layer.codes.shape), layer.bits, (0, 2, 3), hidden)
 
 
-BFN_KINDS = {"linear": (CodeLinear, _linear_bfn), "conv2d": (CodeConv2d, _conv2d_bfn)}
+# (layer class, factory taking a layer of that class and the hidden width)
+BFN_KINDS: dict[str, tuple[type[nn.Module], Callable[[Any, int], BFN]]] = {
+    "linear": (CodeLinear, _linear_bfn), "conv2d": (CodeConv2d, _conv2d_bfn)}
 
 
 def build_bfn(layer: nn.Module, hidden: int = 32) -> BFN:
@@ -185,8 +195,10 @@ class BFNSet(nn.Module):
         for name in self.names:
             self[name].set_reference(inputs[name], layers[name].codes)
 
+    # Public name kept: it shadows nn.Module.apply(fn) with another signature, so a parent module's .apply(fn)
+    # must not reach a BFNSet (none is ever a submodule).
     @torch.no_grad()
-    def apply(self, model: nn.Module, x_core: torch.Tensor) -> int:
+    def apply(self, model: nn.Module, x_core: torch.Tensor) -> int:  # type: ignore[override]
         """Step every layer's codes once from one forward pass on the core.
 
         All deltas are computed from the same pass (before any code changes), then

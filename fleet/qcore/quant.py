@@ -84,6 +84,11 @@ class ActQuant(nn.Module):
         Bit-width of the activation grid.
     """
 
+    # buffers registered in __init__
+    alpha: torch.Tensor
+    signed: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
@@ -124,6 +129,7 @@ class _QLayer(nn.Module):
     codes: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor
+    latent: nn.Parameter | None  # registered as None in _setup; a Parameter while calibrating
 
     def _setup(self, weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
                act_bits: int | None) -> None:
@@ -232,7 +238,8 @@ class CodeConv2d(_QLayer):
                         self.dilation, self.groups)  # (N, O, H', W')
 
 
-QUANT_LAYERS: dict[type[nn.Module], type[_QLayer]] = {nn.Linear: CodeLinear, nn.Conv2d: CodeConv2d}
+QUANT_LAYERS: dict[type[nn.Module], type[CodeLinear] | type[CodeConv2d]] = {
+    nn.Linear: CodeLinear, nn.Conv2d: CodeConv2d}
 
 
 def qcore_layers(model: nn.Module) -> dict[str, _QLayer]:

@@ -57,7 +57,10 @@ SCALE_SUFFIX = "::scale"
 class Codec(Protocol):
     """Encode a local state for upload and decode it on the server."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Registry name (read-only: codecs are frozen dataclasses)."""
+        ...
 
     def encode(
         self, local: State, base: State, rng: np.random.Generator, qinfo: QuantInfo | None
@@ -165,7 +168,7 @@ class DeltaIntCodec:
             raise ValueError(f"min_numel must be an int >= 0, got {self.min_numel!r}")
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         """Registry name, e.g. ``delta-int8``."""
         return f"delta-int{self.bits}"
 

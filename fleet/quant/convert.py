@@ -72,7 +72,7 @@ class _FakeQuantized(nn.Module):
     """Mixin placed before ``nn.Conv2d``/``nn.Linear``: the layer's constructor, plus a weight quantizer and an
     input (activation) quantizer."""
 
-    weight: nn.Parameter
+    weight: torch.Tensor  # declared as nn.Conv2d/nn.Linear declare it (an nn.Parameter at runtime)
 
     def __init__(
         self,
@@ -121,10 +121,10 @@ class QConv2d(_FakeQuantized, nn.Conv2d):
         q = cls(
             layer.in_channels,
             layer.out_channels,
-            layer.kernel_size,  # type: ignore[arg-type]
-            stride=layer.stride,  # type: ignore[arg-type]
-            padding=layer.padding,  # type: ignore[arg-type]
-            dilation=layer.dilation,  # type: ignore[arg-type]
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
             groups=layer.groups,
             bias=layer.bias is not None,
             padding_mode=layer.padding_mode,
@@ -171,11 +171,12 @@ class QLinear(_FakeQuantized, nn.Linear):
         return q
 
 
-def _copy_params(src: nn.Module, dst: nn.Module) -> None:
+def _copy_params(src: nn.Conv2d | nn.Linear, dst: QConv2d | QLinear) -> None:
     with torch.no_grad():
-        dst.weight.copy_(src.weight)  # type: ignore[operator]
+        dst.weight.copy_(src.weight)
         if src.bias is not None:
-            dst.bias.copy_(src.bias)  # type: ignore[operator,union-attr]
+            assert dst.bias is not None  # dst was built with bias=src.bias is not None
+            dst.bias.copy_(src.bias)
     dst.train(src.training)
 
 
@@ -252,12 +253,13 @@ def quantize_model(
     relu_fed = relu_fed_layers(model) if act_signed == "auto" and targets else set()
     for name, layer in targets:
         signed = resolve_act_signed(act_signed, name, relu_fed)
-        qlayer = MAPPING[type(layer)].from_float(layer, weight_bits, abits, per_channel, signed)  # type: ignore[arg-type]
+        qlayer = MAPPING[type(layer)].from_float(layer, weight_bits, abits, per_channel, signed)
         if name == "":
             return qlayer  # the model itself is a single layer
         _set_submodule(qmodel, name, qlayer)
     if hasattr(model, "block_names"):
-        qmodel.block_names = list(model.block_names)  # type: ignore[arg-type]
+        # torch types a module's dynamic attributes as Tensor | Module; block_names is a list[str]
+        qmodel.block_names = list(model.block_names)  # type: ignore[assignment, arg-type]
     return qmodel
 
 

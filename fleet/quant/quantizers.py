@@ -80,7 +80,7 @@ class _LsqFakeQuant(torch.autograd.Function):
     """Fused LSQ fake quantization: fewer full-tensor passes than autograd composition."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, step: torch.Tensor, g: float, qmin: int, qmax: int
     ) -> torch.Tensor:
         v = x / step  # (*x.shape), step broadcasts
@@ -101,7 +101,7 @@ class _LsqFakeQuant(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         inside, ds = ctx.saved_tensors
         gx = grad * inside if ctx.needs_input_grad[0] else None
         gs = None
@@ -134,7 +134,7 @@ def lsq_fake_quant(
     if not (torch.is_grad_enabled() and (x.requires_grad or step.requires_grad)):
         # Inference path: in-place ops, nothing saved.
         return (x / step).clamp_(qmin, qmax).round_().mul_(step)
-    return _LsqFakeQuant.apply(x, step, g, qmin, qmax)  # type: ignore[no-any-return]
+    return _LsqFakeQuant.apply(x, step, g, qmin, qmax)
 
 
 class LsqQuantizer(nn.Module):
@@ -177,6 +177,8 @@ class LsqQuantizer(nn.Module):
     >>> q.codes(torch.tensor([1.0, -3.0, 0.2, 2.0, -9.0]))
     tensor([ 0, -1,  0,  1, -2], dtype=torch.int32)
     """
+
+    initialized: torch.Tensor  # buffer registered in __init__
 
     def __init__(
         self,

@@ -176,8 +176,12 @@ class _LossFn:
         self.ratio = float("nan")
         self.teacher_passes = 0
         self.prox_ref = [p.detach().clone() for p in model.parameters()] if prox_mu > 0 else None
-        self.q_taps = losses.FeatureTaps(model, clc_layers) if self.use_clc else None
-        self.f_taps = losses.FeatureTaps(teacher, clc_layers) if self.use_clc else None
+        self.q_taps: losses.FeatureTaps | None = None
+        self.f_taps: losses.FeatureTaps | None = None
+        if self.use_clc:
+            assert teacher is not None and clc_layers is not None  # implied by use_clc
+            self.q_taps = losses.FeatureTaps(model, clc_layers)
+            self.f_taps = losses.FeatureTaps(teacher, clc_layers)
         if teacher is not None:
             teacher.eval()
 

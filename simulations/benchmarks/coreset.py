@@ -194,8 +194,10 @@ def markdown_table(summary: dict[str, dict[str, Any]], settings: list[str]) -> s
                 cells = []
                 for r in rows:
                     s = summary.get(_key(sd, bits, 1.0 if r == "full" else frac, r))
-                    show = s is not None and not (r == "full" and frac != FRACTIONS[0])
-                    cells.append(format_ci(s["accuracy_mean"], s["accuracy_ci95"], 100, 1) if show else "")
+                    if s is None or (r == "full" and frac != FRACTIONS[0]):
+                        cells.append("")
+                    else:
+                        cells.append(format_ci(s["accuracy_mean"], s["accuracy_ci95"], 100, 1))
                 if any(cells):
                     lines.append(f"| {sd} {frac:.0%} | W{bits}A{bits} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -107,7 +107,7 @@ def prepare(name: str, n_pretrain: int, n_bench: int, pretrain_epochs: int, lr: 
     save_atomic(model.state_dict(), ckpt)
     ds_b = load_dataset("npz", str(folder), name)
     acc, _ = evaluate(model, ds_b.x_test, ds_b.y_test)  # on B's standardisation, as the runs see it
-    data = BenchData(name, str(folder), str(ckpt), tuple(ds_b.in_shape), len(p_idx), len(b_idx),
+    data = BenchData(name, str(folder), str(ckpt), ds_b.in_shape, len(p_idx), len(b_idx),
                      pretrain_epochs, acc)
     write_json(meta_path, asdict(data), indent=None)
     return data

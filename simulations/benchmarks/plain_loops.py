@@ -96,6 +96,8 @@ class Lsq(nn.Module):
     ``s = 2 * mean|x| / sqrt(Qp)``.
     """
 
+    initialized: torch.Tensor  # buffer registered in __init__
+
     def __init__(self, bits: int, signed: bool, is_weight: bool = False) -> None:
         super().__init__()
         self.bits, self.signed, self.is_weight = bits, signed, is_weight
@@ -131,8 +133,10 @@ class QConv(nn.Conv2d):
     """``nn.Conv2d`` whose input (unsigned) and weight (signed) are LSQ-quantized."""
 
     def __init__(self, conv: nn.Conv2d, wbits: int, abits: int) -> None:
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        # torch types the stored sizes as tuple[int, ...]; Conv2d's __init__ wants int | tuple[int, int]
+        super().__init__(conv.in_channels, conv.out_channels,
+                         conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
+                         conv.groups, conv.bias is not None, conv.padding_mode)
         self.load_state_dict(conv.state_dict())
         self.act_q = Lsq(abits, signed=False)
         self.weight_q = Lsq(wbits, signed=True, is_weight=True)
@@ -156,7 +160,7 @@ class QLinear(nn.Linear):
         return F.linear(self.act_q(x), self.weight_q(self.weight), self.bias)
 
 
-def quantize_plain(fp_model: nn.Module, wbits: int, abits: int) -> nn.Module:
+def quantize_plain(fp_model: PlainCNN, wbits: int, abits: int) -> nn.Module:
     """Return a deep copy of ``fp_model`` with ``conv2`` and ``conv3`` LSQ-quantized.
 
     ``conv1`` and ``classifier`` stay in float (first and last layers, as in ACS). When
@@ -307,7 +311,7 @@ def _kd_step(student: nn.Module, teacher: nn.Module, opt: torch.optim.Optimizer,
 
 
 def qat_single_device(
-    fp_model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
+    fp_model: PlainCNN, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
     wbits: int, abits: int, epochs: int, reselect_every: int, fraction: float, lr: float, batch_size: int, seed: int,
 ) -> dict:
     """QuaRC Algorithm 1 with a class-balanced random coreset and KD from ``fp_model``.
@@ -370,7 +374,7 @@ def average_states(states: list[dict], weights: list[float]) -> dict:
 
 
 def fedavg_plain(
-    fp_model: nn.Module, parts: list[np.ndarray], x: torch.Tensor, y: torch.Tensor,
+    fp_model: PlainCNN, parts: list[np.ndarray], x: torch.Tensor, y: torch.Tensor,
     x_test: torch.Tensor, y_test: torch.Tensor, *, wbits: int, abits: int, rounds: int, per_round: int,
     local_epochs: int, fraction: float, lr: float, batch_size: int, seed: int,
 ) -> list[float]:

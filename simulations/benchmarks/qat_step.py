@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,7 +74,7 @@ def bench_case(
         order = list(steps) if i % 2 == 0 else list(reversed(steps))  # A/B, then B/A
         for name in order:
             times[name].append(1e3 * _timed(steps[name]))
-    stats = {}
+    stats: dict[str, dict[str, Any]] = {}
     for name, ms in times.items():
         q1, med, q3 = _quartiles(ms)
         stats[name] = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": min(ms), "all_ms": ms}
@@ -84,7 +85,7 @@ def bench_case(
         "in_shape": list(in_shape),
         "batch": batch,
         **stats,
-        "ratio_of_medians": stats["w4a4"]["median_ms"] / stats["float"]["median_ms"],  # type: ignore[index]
+        "ratio_of_medians": stats["w4a4"]["median_ms"] / stats["float"]["median_ms"],
         "median_paired_ratio": statistics.median(ratios),
     }
 

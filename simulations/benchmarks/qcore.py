@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 from multiprocessing import get_context
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,8 +129,8 @@ def main() -> None:
     print(f"float model: test acc {float_acc:.3f}; {int((counts > 0).sum())} samples with misses;"
           f" {time.perf_counter() - t0:.0f}s")
 
-    base = {"tasks": tasks, "drift": "covariate", "severity": SEVERITY, "code_lr": CODE_LR,
-            "recordings": RECORDINGS, "count_batch_size": COUNT_BATCH}
+    base: dict[str, Any] = {"tasks": tasks, "drift": "covariate", "severity": SEVERITY, "code_lr": CODE_LR,
+                            "recordings": RECORDINGS, "count_batch_size": COUNT_BATCH}
     deps: dict[int, Deployment] = {}
     cores: dict[int, dict] = {}
     for bits in BITS:

@@ -132,7 +132,8 @@ class TreeMemory:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            total, by_name = 0, {}
+            total = 0
+            by_name: dict[str, float] = {}
             procs = self._procs()
             for p in procs.values():
                 try:

@@ -59,6 +59,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fleet.config.scenario import ScenarioConfig, parse_config
@@ -129,7 +130,7 @@ class LocalGrid(Grid):
             for i in range(num_nodes)
         }
 
-    def set_run(self, run_id: int) -> None:  # noqa: D102 - single in-process run
+    def set_run(self, run: Run) -> None:  # noqa: D102 - single in-process run
         pass
 
     @property
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
         jobs = [(base, s, alpha, cond, seed, tmp) for seed in seeds for cond in RUN_ORDER
                 for alpha in alphas for s in strategies if (s, alpha, cond, seed) not in done]
         with ExitStack() as stack:
+            results: Iterator[dict[str, Any]]
             if workers > 1:
                 pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
                 results = pool.imap(_run_job, jobs)

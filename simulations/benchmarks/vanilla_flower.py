@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -85,7 +85,9 @@ def make_client_app(num_devices: int, epochs: int = 1, lr: float = 0.005, batch:
         idx = _parts(num_devices, seed)[pid]
         x, y = torch.from_numpy(x_train[idx]), torch.from_numpy(y_train[idx])  # (n, 1, 8, 8), (n,)
         model = MLP()
-        _state(model, msg.content["arrays"])
+        arrays = msg.content["arrays"]
+        assert isinstance(arrays, ArrayRecord)  # the server sends its model as an ArrayRecord
+        _state(model, arrays)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         gen = torch.Generator().manual_seed(seed * 100003 + pid)
         model.train()
@@ -147,8 +149,9 @@ def run(num_devices: int, devices_per_round: int, rounds: int, epochs: int, timi
 
     from flwr.simulation import run_simulation
 
-    backend = {"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-               "init_args": {"include_dashboard": False, "num_cpus": num_cpus}}
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
+        "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+        "init_args": {"include_dashboard": False, "num_cpus": num_cpus}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=make_server_app(rounds, devices_per_round, num_devices, timing_path, seed),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -76,11 +76,14 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
     for reply in grid.send_and_receive(msgs, timeout=cfg.federation.round_timeout_s):
         if reply.has_error():
             failed += 1
-            log.warning("stream: device failed: %s", one_line(reply.error.reason, last_line=True))
+            reason = one_line(reply.error.reason or "", last_line=True) or "unknown error"
+            log.warning("stream: device failed: %s", reason)
             continue
-        m = reply.content[P.METRICS]
-        dev = int(m[P.DEVICE])
-        n = len(m["task"])
+        m = P.record(reply.content, P.METRICS, MetricRecord)
+        dev = int(P.scalar(m[P.DEVICE]))
+        tasks = m["task"]
+        assert isinstance(tasks, list)  # the device reports one value per task (fleet.client_app)
+        n = len(tasks)
         for i in range(n):
             rows.append({"device": dev, "calibration": cfg.stream.calibration, "bits": ccfg.bits,
                          **{k: (None if not np.isfinite(v[i]) else v[i]) for k, v in m.items()

@@ -8,7 +8,7 @@ exit code 2, not a half-started cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def resolve_scenario(name_or_path: str) -> Path:
     raise ConfigError(name_or_path, f"no such scenario file or built-in scenario (built-in: {known})")
 
 
-def load_config(scenario: str, overrides: Mapping[str, Any] | list[str] = ()) -> tuple[ScenarioConfig, dict]:
+def load_config(scenario: str, overrides: Mapping[str, Any] | Sequence[str] = ()) -> tuple[ScenarioConfig, dict]:
     """Parse a scenario with ``--set`` overrides; returns the config and its flat keys."""
     path = resolve_scenario(scenario)
     flat = load_scenario_file(str(path))

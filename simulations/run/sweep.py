@@ -204,9 +204,9 @@ def _execute(todo: list[PlannedRun], scenario: str, jobs: int, run_fn: RunFn) ->
             for p in todo}
         try:
             for name, fut in futures.items():
-                exc = fut.exception()
-                if exc is not None:
-                    failed[name] = one_line(exc)
+                err = fut.exception()
+                if err is not None:
+                    failed[name] = one_line(err)
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise

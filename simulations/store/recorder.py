@@ -97,6 +97,9 @@ def round_callback(cfg: ScenarioConfig, strategy: FleetStrategy, evaluator: Cent
         else:
             recorder.round(rnd, global_arrays, metrics)
         acc, loss = metrics
-        return None if acc is None else MetricRecord({"accuracy": acc, "loss": loss})
+        if acc is None:
+            return None
+        assert loss is not None  # the evaluator measures both or neither
+        return MetricRecord({"accuracy": acc, "loss": loss})
 
     return evaluate_fn
