@@ -43,8 +43,8 @@ from simulations.store.checkpoint import (
 from simulations.store.deploy import export_deployable, write_qgt_report
 from simulations.store.recorder import CentralEvaluator, ProgressFn, RoundRecorder, round_callback
 from simulations.store.results import RunDir, new_run_dir
-from strategies.fleet import FleetStrategy
 from strategies.loader import load_strategy
+from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
 

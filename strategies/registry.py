@@ -1,6 +1,6 @@
 """Built-in inner strategies by name, and building any strategy class from options.
 
-The fleet wrapper (`strategies.fleet.FleetStrategy`) owns sampling, deadlines, decoding
+The fleet wrapper (`strategies.wrapper.FleetStrategy`) owns sampling, deadlines, decoding
 and the guard; it hands decoded float updates to an *inner* Flower Message-API
 strategy. This module maps ``strategy.name`` to Flower's own classes (reused, never
 rewritten) and builds them from ``strategy.options`` with one-line errors that name

@@ -13,8 +13,8 @@ from fleet.model.architectures import build_model
 from fleet.model.assembly import state_arrays, trainable_model
 from fleet.model.roles import needs_reference
 from fleet.quant.codecs import build_codec
-from strategies.fleet import FleetStrategy
 from strategies.registry import build_inner_strategy
+from strategies.wrapper import FleetStrategy
 
 BASE = {"federation.num-devices": 4, "federation.devices-per-round": 4, "data.dataset": "digits",
         "model.arch": "mlp", "model.pretrain-epochs": 1}

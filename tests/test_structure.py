@@ -40,7 +40,7 @@ def test_imports_run_one_way(layer: str) -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-@pytest.mark.parametrize("module", ["strategies.fleet", "strategies.loader", "strategies.guard",
+@pytest.mark.parametrize("module", ["strategies.wrapper", "strategies.loader", "strategies.guard",
                                     "fleet.quant.spec", "fleet.quant.codecs", "fleet.quant.packing",
                                     "fleet.config.scenario", "fleet.protocol", "fleet.model.roles"])
 def test_numpy_only_parts_do_not_load_torch(module: str) -> None:

@@ -19,8 +19,8 @@ from fleet.arrays import record_from_numpy
 from fleet.config.scenario import parse_config
 from fleet.quant.codecs import build_codec
 from fleet.quant.spec import QuantInfo, QuantSpec
-from strategies.fleet import FleetStrategy
 from strategies.registry import build_inner_strategy
+from strategies.wrapper import FleetStrategy
 
 FLOAT = {"data.dataset": "digits", "model.arch": "mlp", "quant.weight-bits": 32, "quant.act-bits": 32,
          "quant.codec": "fp32", "coreset.method": "full", "train.clc-beta": 0.0, "federation.seed": 0}

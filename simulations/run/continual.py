@@ -27,7 +27,7 @@ from fleet.qcore.continual import deploy
 from fleet.qcore.device import continual_config
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording
 from fleet.qcore.quant import to_qcore
-from strategies.fleet import FleetStrategy
+from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
 

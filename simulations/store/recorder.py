@@ -25,7 +25,7 @@ from fleet.model.assembly import load_arrays
 from fleet.train.loop import evaluate
 from simulations.store.checkpoint import save_checkpoint
 from simulations.store.results import RunDir
-from strategies.fleet import FleetStrategy, is_eval_round
+from strategies.wrapper import FleetStrategy, is_eval_round
 
 __all__ = ["CentralEvaluator", "RoundRecorder", "round_callback"]
 

@@ -22,7 +22,7 @@ import tomli_w
 from fleet import atomic
 from fleet.config.scenario import ScenarioConfig, unflatten
 from fleet.protocol import STATUSES
-from strategies.fleet import RoundLog
+from strategies.wrapper import RoundLog
 
 __all__ = ["RunDir", "new_run_dir", "write_json_atomic", "RunDirExists"]
 
