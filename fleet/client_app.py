@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fleet import artifacts
@@ -84,21 +84,9 @@ def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
     ask = config.get(P.ASK, P.ASK_ROSTER)
     if ask != P.ASK_STREAM:
         return Message(RecordDict({P.REPORT: ConfigRecord({P.DEVICE: pid})}), reply_to=msg)
-    from fleet.qcore.device import run_stream_device
+    from fleet.qcore.device import stream_metrics  # torch-heavy, and only for the continual phase
 
-    device = int(P.scalar(config[P.DEVICE]))
-    if pid not in (-1, device):
-        raise ValueError(f"stream for device {device} reached device {pid}")
-
-    def tensors(key: str) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in record_to_numpy(P.record(msg.content, key, ArrayRecord)).items()}
-
-    core = tensors(P.CORE)
-    rows = run_stream_device(cfg, device, str(config[P.PROFILE]), tensors(P.ARRAYS),
-                             tensors(P.BFN) if P.BFN in msg.content else None, (core["x"], core["y"]))
-    metrics: dict[str, MetricRecordValues] = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
-    metrics[P.DEVICE] = device
-    return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({P.METRICS: stream_metrics(cfg, msg.content, pid)}), reply_to=msg)
 
 
 def _train(bound: Mapping[str, Any] | None, msg: Message, context: Context) -> Message:

@@ -11,7 +11,10 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, MetricRecordValues, RecordDict
 
+from fleet import protocol as P
+from fleet.arrays import record_to_numpy
 from fleet.config.scenario import ScenarioConfig
 from fleet.data.splits import device_data, fleet_data
 from fleet.hardware.catalogue import resolve_profile
@@ -20,7 +23,7 @@ from fleet.qcore.bfn import BFNSet
 from fleet.qcore.continual import ContinualConfig, run_device_stream
 from fleet.qcore.quant import to_qcore
 
-__all__ = ["continual_config", "rebuild_deployment", "run_stream_device"]
+__all__ = ["continual_config", "rebuild_deployment", "run_stream_device", "stream_metrics"]
 
 
 def continual_config(cfg: ScenarioConfig) -> ContinualConfig:
@@ -61,3 +64,22 @@ def run_stream_device(cfg: ScenarioConfig, device: int, profile_name: str, model
         row["energy_j"] = gflop * profile.energy_j_per_gflop
         rows.append(row)
     return rows
+
+
+def stream_metrics(cfg: ScenarioConfig, content: RecordDict, partition_id: int) -> MetricRecord:
+    """The device's answer to the server's stream query (``fleet/protocol.py``: ASK_STREAM): the deployment
+    rebuilt from ``content``, its stream run, one list per metric over the tasks."""
+    config = P.record(content, P.CONFIG, ConfigRecord)
+    device = int(P.scalar(config[P.DEVICE]))
+    if partition_id not in (-1, device):
+        raise ValueError(f"stream for device {device} reached device {partition_id}")
+
+    def tensors(key: str) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in record_to_numpy(P.record(content, key, ArrayRecord)).items()}
+
+    core = tensors(P.CORE)
+    rows = run_stream_device(cfg, device, str(config[P.PROFILE]), tensors(P.ARRAYS),
+                             tensors(P.BFN) if P.BFN in content else None, (core["x"], core["y"]))
+    metrics: dict[str, MetricRecordValues] = {k: [float(r[k]) for r in rows] for k in rows[0]} if rows else {}
+    metrics[P.DEVICE] = device
+    return MetricRecord(metrics)
