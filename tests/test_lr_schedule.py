@@ -11,6 +11,7 @@ from torch import nn
 
 import fleet.train.loop
 from fleet.config.schema import TrainConfig
+from fleet.quant.convert import QLinear
 from fleet.train.loop import OPT_PREFIX, Schedule, load_optimizer_state, optimizer_state, train_local
 from fleet.train.schedule import lr_factor, progress, round_window
 
@@ -134,16 +135,10 @@ def test_default_schedule_is_train_lr_and_lr_schedule(monkeypatch: pytest.Monkey
 
 
 def test_every_param_group_is_scaled_from_its_own_base_rate() -> None:
-    # Prepare: an act_quant parameter gets lr * act_step_lr_scale (0.5); record all groups' rates at each step
-    class WithStep(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(3, 2)
-            self.act_quant = nn.Module()
-            self.act_quant.step = nn.Parameter(torch.ones(1))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x * self.act_quant.step)
+    # Prepare: an activation step size (found by type: a quantized layer's act_quant) gets
+    # lr * act_step_lr_scale (0.5); record all groups' rates at each step
+    def with_step() -> nn.Module:
+        return nn.Sequential(QLinear(3, 2, weight_bits=32, act_bits=4))
 
     seen: list[list[float]] = []
     real = fleet.train.loop.make_optimizer
@@ -160,7 +155,7 @@ def test_every_param_group_is_scaled_from_its_own_base_rate() -> None:
     mp.setattr(fleet.train.loop, "make_optimizer", make)
     try:
         # Execute
-        train_local(WithStep(), x, y, tc, gen=torch.Generator().manual_seed(0), batch_size=10,
+        train_local(with_step(), x, y, tc, gen=torch.Generator().manual_seed(0), batch_size=10,
                     schedule=Schedule(lr=0.01, shape="cosine"))
     finally:
         mp.undo()
