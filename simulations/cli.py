@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from fleet.config.scenario import ConfigError
+from simulations.run.logs import FlowerNoise
 
 __all__ = ["main", "build_parser"]
 
@@ -64,14 +65,15 @@ def _print_summary(s: dict[str, Any]) -> None:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
+    from simulations.analysis.report import fmt_bytes  # the report's units (decimal kB/MB), one source
+
     print(f"final accuracy {pct(s.get('final_accuracy'))} (float reference {pct(s.get('fp_reference_accuracy'))}) "
           f"after {s.get('rounds_completed')} rounds; W{s.get('weight_bits')}A{s.get('act_bits')}, "
-          f"model {s.get('model_size_bytes', 0) / 1024:.1f} KiB "
-          f"(fp32 {s.get('fp32_model_size_bytes', 0) / 1024:.1f} KiB)")
+          f"model {fmt_bytes(s.get('model_size_bytes'))} (fp32 {fmt_bytes(s.get('fp32_model_size_bytes'))})")
     print(f"device-rounds ok {s.get('device_rounds_completed')}, failed {s.get('device_rounds_failed')}, "
-          f"dropped {s.get('device_rounds_dropped')}; uplink {s.get('uplink_bytes', 0) / 2**20:.2f} MiB, "
-          f"downlink {s.get('downlink_bytes', 0) / 2**20:.2f} MiB; wall {s.get('wall_time_s', 0):.1f} s, "
-          f"simulated {s.get('sim_time_s', 0):.1f} s")
+          f"dropped {s.get('device_rounds_dropped')}; uplink {fmt_bytes(s.get('uplink_bytes'))}, "
+          f"downlink {fmt_bytes(s.get('downlink_bytes'))}; wall {s.get('wall_time_s', 0):.1f} s, "
+          f"simulated {s.get('sim_time_s', 0):.1f} s; log: run.log")
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler; don't print twice
+    logging.getLogger("flwr").addFilter(FlowerNoise())  # lines about our use of Flower's API, not about the run
     args = build_parser().parse_args(argv)
     try:
         func = getattr(args, "func", None)

@@ -66,8 +66,9 @@ def interrupt_guard(on_interrupt: Callable[[], None]) -> Iterator[None]:
         try:
             on_interrupt()
         finally:
-            sys.stderr.write("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`\n")
-            sys.stderr.flush()
+            terminal = sys.__stderr__ or sys.stderr  # sys.stderr may be routed to run.log
+            terminal.write("interrupted: every finished round is on disk; continue with `fleet resume RUN_DIR`\n")
+            terminal.flush()
             kill_process_tree()
             os._exit(130)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import TracebackType
 from typing import Any
 
@@ -19,7 +20,7 @@ class Progress:
 
     def __init__(self, cfg: ScenarioConfig, quiet: bool = False) -> None:
         self.cfg, self.quiet = cfg, quiet
-        self.console = Console(stderr=True)
+        self.console = Console(file=sys.stderr)  # the terminal now: a run routes sys.stderr to run.log
         self.bar: RichProgress | None = None
         self.task: Any = None
         self.devices = 0
@@ -28,7 +29,7 @@ class Progress:
         if not self.quiet:
             self.bar = RichProgress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
-                                    transient=False)
+                                    transient=False, redirect_stdout=False, redirect_stderr=False)
             self.bar.__enter__()
             self.task = self.bar.add_task("rounds", total=self.cfg.federation.rounds, info="starting Ray...")
         return self

@@ -114,13 +114,14 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     """
     from fleet.client_app import make_client_app
     from simulations.run.engine import interrupt_guard, simulate
+    from simulations.run.logs import routed_logs
     from simulations.server_app import make_server_app
 
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = cfg.to_flat()
     box: dict[str, Any] = {}
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
-    with interrupt_guard(lambda: _mark_interrupted(run_dir)):
+    with routed_logs(run_dir, verbose), interrupt_guard(lambda: _mark_interrupted(run_dir)):
         simulate(server, make_client_app(flat), cfg, verbose=verbose)
     return box
 
