@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["one_line"]
+__all__ = ["one_line", "RunFailed"]
 
 _LIMIT = 300
 
@@ -34,3 +34,7 @@ def one_line(err: BaseException | str, last_line: bool = False, limit: int = _LI
     if last_line or (lines and lines[0].startswith("Traceback")):
         lines = lines[-1:]
     return " ".join(" ".join(lines).split())[:limit]
+
+
+class RunFailed(RuntimeError):
+    """A run that started and then failed; ``str(err)`` is one line (the cause, and where the traceback is)."""

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from fleet.config.scenario import ConfigError
+from fleet.errors import RunFailed
 from simulations.run.logs import FlowerNoise
 
 __all__ = ["main", "build_parser"]
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         if len(str(exc).splitlines()) == 1 and type(exc).__module__.split(".")[0] in ("fleet", "strategies",
                                                                                      "simulations", "builtins"):

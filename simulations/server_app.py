@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.config.scenario import ScenarioConfig, parse_config
 from fleet.data.splits import FleetData, fleet_data, test_subset
+from fleet.errors import one_line
 from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
 from fleet.model.reference import reference_model, save_atomic
@@ -72,10 +73,21 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     """Run the scenario's federated phase on ``grid`` (or continue it from its last checkpoint); returns the summary."""
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
+    try:
+        return _run(grid, cfg, out, run_dir, progress, resume)
+    except Exception as exc:
+        # The summary says how the run ended; the traceback goes to the log (RUN_DIR/run.log under fleet run).
+        log.exception("run failed")
+        out.write_summary("failed", error=one_line(exc))
+        raise
+
+
+def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: ProgressFn | None,
+         resume: bool) -> dict[str, Any]:
     cfg_hash = config_hash(cfg.to_flat())
     ckpt = _open_run_dir(out, run_dir, cfg_hash, resume)
     start = _global_start(cfg, out, ckpt)
-    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
     strategy = _fleet_strategy(cfg, inner, start, run_dir, ckpt)
     # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
     strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
@@ -203,7 +215,12 @@ def make_server_app(flat_config: Mapping[str, Any] | None = None, run_dir: Path 
         flat = dict(flat_config) if flat_config is not None else dict(context.run_config)
         cfg = parse_config(flat, name=name if flat_config is not None else "flwr")
         path = run_dir or new_run_dir("runs", "flwr", cfg.output.dir or None)
-        summary = run_fleet(grid, cfg, path, progress, resume=resume)
+        try:
+            summary = run_fleet(grid, cfg, path, progress, resume=resume)
+        except Exception as exc:
+            if on_summary is None:
+                raise  # flwr run: Flower marks the run failed
+            summary = {"status": "failed", "error": one_line(exc)}  # fleet run reports it in one line
         if on_summary is not None:
             on_summary(summary)
 

@@ -10,14 +10,16 @@ device starts.
 
 import importlib
 import inspect
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from flwr.serverapp.strategy import Strategy
 
 from strategies.registry import STRATEGIES, build_inner_strategy, construct_strategy
 
 
-def load_strategy(name: str, options: Mapping[str, object]) -> Strategy:
+def load_strategy(name: str, options: Mapping[str, object], path: str = "") -> Strategy:
     """Build the inner strategy named by ``strategy.name`` with ``strategy.options``.
 
     Parameters
@@ -32,6 +34,10 @@ def load_strategy(name: str, options: Mapping[str, object]) -> Strategy:
         (`strategies.registry.SAMPLING_KWARGS`) are passed to a user class only if
         its constructor accepts them.
 
+    path : str
+        ``strategy.path``: a folder put first on ``sys.path`` before importing ``name``'s module, so a
+        strategy in a folder of the user's runs without installing it (default: "", nothing added).
+
     Returns
     -------
     Strategy
@@ -44,6 +50,12 @@ def load_strategy(name: str, options: Mapping[str, object]) -> Strategy:
     """
     if name in STRATEGIES or ":" not in name:
         return build_inner_strategy(name, options)  # lists valid names if unknown
+    if path:
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"strategy.path: '{path}' is not a folder")
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     return construct_strategy(import_strategy_class(name), options)
 
 
@@ -66,7 +78,7 @@ def import_strategy_class(path: str) -> type[Strategy]:
         raise ValueError(
             f"strategy.name: cannot import module '{module_name}' of '{path}': "
             f"{type(err).__name__}: {' '.join(str(err).split())} "
-            "(is the package installed, e.g. `pip install -e <dir>`?)"
+            "(is it installed, or is its folder strategy.path?)"
         ) from err
     for part in attr_path.split("."):  # nested classes: "module:Outer.Inner"
         if not hasattr(obj, part):

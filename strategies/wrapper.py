@@ -15,8 +15,9 @@ Flower Message-API strategy (built-in or the user's), as Flower's DP wrappers do
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -55,6 +56,15 @@ class RoundLog:
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     sim_time_s: float = 0.0
+    strategy_metrics: dict[str, float] = field(default_factory=dict)  # what the inner strategy reported
+
+
+class StrategyError(RuntimeError):
+    """The inner (possibly user's) strategy failed; ``str(err)`` is one line naming the class and method."""
+
+
+# Metrics the wrapper itself puts in each decoded reply: the inner strategy's averages of them are not its own.
+_ANNOTATIONS = frozenset({P.WEIGHT_KEY, "bits", P.DEVICE})
 
 
 class FleetStrategy(Strategy):
@@ -188,7 +198,8 @@ class FleetStrategy(Strategy):
     def _inner_config(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                       grid: Grid) -> dict[str, Any]:
         """Let the inner strategy see the round (FedOpt keeps current arrays; FedProx adds proximal-mu)."""
-        msgs = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
+        with self._user_code("configure_train"):
+            msgs = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)), grid))
         if not msgs:
             return {}
         rec = msgs[0].content.get(getattr(self.inner, "configrecord_key", P.CONFIG))
@@ -240,10 +251,35 @@ class FleetStrategy(Strategy):
             return None, None
         # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
         msgs = [_decoded_message(decoded[d], ok[d]) for d in sorted(accepted)]
-        arrays, metrics = self.inner.aggregate_train(server_round, msgs)
+        with self._user_code("aggregate_train"):
+            arrays, metrics = self.inner.aggregate_train(server_round, msgs)
+        if arrays is not None:
+            self._check_arrays(arrays)
+        log_.strategy_metrics = _own_metrics(metrics)
         if arrays is not None and self.refine is not None:
             arrays = record_from_numpy(self.refine(record_to_numpy(arrays)))
         return arrays, metrics
+
+    @contextlib.contextmanager
+    def _user_code(self, method: str) -> Iterator[None]:
+        """Any exception of the inner strategy becomes one line naming it; the traceback stays as the cause."""
+        try:
+            yield
+        except Exception as exc:
+            raise StrategyError(f"strategy {type(self.inner).__name__}.{method} raised {one_line(exc)}") from exc
+
+    def _check_arrays(self, arrays: ArrayRecord) -> None:
+        """What the inner strategy returns must be the global model: every key, every shape."""
+        name = f"strategy {type(self.inner).__name__}.aggregate_train"
+        got = {k: tuple(a.shape) for k, a in arrays.items()}
+        missing = sorted(set(self.current) - set(got))
+        if missing:
+            raise StrategyError(f"{name} returned arrays without {len(missing)} of the model's keys: "
+                                f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+        for k, shape in got.items():
+            if k in self.current and shape != tuple(self.current[k].shape):
+                raise StrategyError(f"{name} returned '{k}' of shape {shape}, the model's is "
+                                    f"{tuple(self.current[k].shape)}")
 
     def _decode(self, payload: dict[str, np.ndarray], bits: int) -> dict[str, np.ndarray]:
         """Decode at the device's own width; a device at another width than the global model trained its
@@ -296,6 +332,15 @@ def is_eval_round(server_round: int, cfg: ScenarioConfig) -> bool:
     """Whether round ``server_round`` is evaluated (``federation.eval-every``; round 0 and the last always)."""
     every = cfg.federation.eval_every
     return server_round % every == 0 or server_round >= cfg.federation.rounds
+
+
+def _own_metrics(metrics: MetricRecord | None) -> dict[str, float]:
+    """The inner strategy's numeric metrics for ``rounds.jsonl`` (``strategy/<name>``), without its averages
+    of the wrapper's own annotations (weight, bits, device index)."""
+    if metrics is None:
+        return {}
+    return {k: float(v) for k, v in metrics.items()
+            if k not in _ANNOTATIONS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _decoded_message(arrays: dict[str, np.ndarray], rep: P.DeviceReport) -> Message:

@@ -100,7 +100,7 @@ def test_example_strategy_passes_preflight(example_on_path: None) -> None:
 
     # Execute
     warnings = preflight(cfg)
-    strategy = load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+    strategy = load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
 
     # Assert: loads with its option and the wrapper's sampling kwargs
     assert warnings == []

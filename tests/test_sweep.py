@@ -180,7 +180,7 @@ def test_main_uses_runner_and_real_validation(tmp_path: Path, monkeypatch: pytes
     # Prepare: simulations.run.scenario may not exist yet; install a fake module.
     runner = CountingRunner()
     monkeypatch.setitem(sys.modules, "simulations.run.scenario",
-                        types.SimpleNamespace(run_scenario=runner))
+                        types.SimpleNamespace(run_scenario=runner, check_scenario=lambda scenario, overrides: None))
     # Execute
     ok = main(_cli(["sweep", "quick", "--grid", "coreset.fraction=0.1,0.5", "--seeds", "1",
                     "--out", str(tmp_path / "sw")]))

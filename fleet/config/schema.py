@@ -223,6 +223,7 @@ class DevicesConfig:
 @dataclass(frozen=True)
 class StrategyConfig:
     name: str = opt("fedavg", "built-in strategy or import path package.module:Class")
+    path: str = opt("", "folder to import strategy.name's module from without installing it (put first on sys.path)")
     options: tuple[tuple[str, Any], ...] = opt((), "keyword arguments of the strategy", kind=tuple)
     weight_by: str = opt("local-data", "aggregation weight", choices=("local-data", "coreset"))
     bn_stats: str = opt("public", "BatchNorm running statistics of the global model: 'average' (FedAvg of the "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.config.scenario import ConfigError, ScenarioConfig, load_scenario_file, parse_config, parse_override
+from fleet.errors import RunFailed
 from fleet.hardware.catalogue import catalogue, device_profiles
 from fleet.hardware.flops import model_flops
 from fleet.model.architectures import build_model
@@ -59,7 +60,7 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
 
     warnings: list[str] = []
     try:
-        load_strategy(cfg.strategy.name, dict(cfg.strategy.options))
+        load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
     except ValueError as exc:
         raise ConfigError(*_split(str(exc), "strategy.name")) from None
     try:
@@ -123,7 +124,11 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
     with routed_logs(run_dir, verbose), interrupt_guard(lambda: _mark_interrupted(run_dir)):
         simulate(server, make_client_app(flat), cfg, verbose=verbose)
+    if box.get("status") == "failed" or not box:
+        raise RunFailed(f"{box.get('error', 'the run ended without a summary')} "
+                        f"(summary.json marked failed; traceback in {run_dir / 'run.log'})")
     return box
+
 
 
 def _mark_interrupted(run_dir: Path) -> None:
@@ -139,6 +144,14 @@ def _mark_interrupted(run_dir: Path) -> None:
     if summary.get("status") != "complete":
         summary["status"] = "interrupted"
         write_json_atomic(path, summary)
+
+
+def check_scenario(scenario: str, overrides: Mapping[str, str]) -> None:
+    """Everything ``run_scenario`` checks before Ray starts, without running (the sweep's check of a point)."""
+    from fleet.config.scenario import parse_override_value
+
+    cfg, _ = load_config(scenario, {k: parse_override_value(v) for k, v in overrides.items()})
+    preflight(cfg)
 
 
 def run_scenario(scenario: str, overrides: Mapping[str, str], out_dir: Path) -> None:

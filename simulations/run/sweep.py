@@ -41,6 +41,7 @@ __all__ = ["RunFn", "ValidateFn", "PlannedRun", "SweepResult", "parse_grid", "pa
 
 RunFn = Callable[[str, dict[str, str], Path], None]
 ValidateFn = Callable[[str, str], None]
+CheckFn = Callable[[str, dict[str, str]], None]  # (scenario, overrides): the whole run's config, or raise
 INCOMPLETE_DIR = "_incomplete"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 
@@ -230,7 +231,7 @@ def _write_csv(path: Path, keys: list[str], plans: list[PlannedRun],
 
 def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, jobs: int = 1,
               run_fn: RunFn | None = None, validate_fn: ValidateFn | None = None, *,
-              fixed: dict[str, str] | None = None) -> SweepResult:
+              fixed: dict[str, str] | None = None, check_fn: CheckFn | None = None) -> SweepResult:
     """Run (or resume) a sweep and write ``sweep.csv`` and ``compare.md`` under ``out``.
 
     Parameters
@@ -253,6 +254,9 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
     fixed : dict of str to str or None
         Overrides given to every run, e.g. fewer rounds (default: None). Changing them
         does not change run names, so use a new ``out`` when you change them.
+    check_fn : callable or None
+        ``check_fn(scenario, overrides)`` checks one grid point's whole config (strategy options
+        included) and raises ValueError; every point is checked before the first run (default: None).
 
     Raises
     ------
@@ -269,6 +273,7 @@ def run_sweep(scenario: str, grid: dict[str, list[str]], seeds: int, out: Path, 
         raise ValueError(f"{overlap[0]}: given both in --set and in --grid/--seeds")
     validate_grid({k: [v] for k, v in fixed.items()} | grid, validate_fn)
     plans = plan_runs(grid, seeds, out, fixed)
+    _check_points(scenario, plans, check_fn)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(
         {"scenario": scenario, "grid": grid, "seeds": seeds, "fixed": fixed}, indent=1),
@@ -339,17 +344,33 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=main)
 
 
+def _check_points(scenario: str, plans: list[PlannedRun], check_fn: CheckFn | None) -> None:
+    """Every grid point's whole config, once per point (seeds differ only in federation.seed)."""
+    if check_fn is None:
+        return
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for plan in plans:
+        point = tuple(sorted((k, v) for k, v in plan.overrides.items() if k != SEED_KEY))
+        if point in seen:
+            continue
+        seen.add(point)
+        try:
+            check_fn(scenario, dict(plan.overrides))
+        except ValueError as exc:
+            raise ValueError(f"{one_line(str(exc))} (grid point {plan.out_dir.name})") from exc
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``fleet sweep``: 0 when every run completed, 1 if some failed, 2 on bad input."""
     try:
         from fleet.config.scenario import check_override  # imported late: keeps --help fast
-        from simulations.run.scenario import run_scenario
+        from simulations.run.scenario import check_scenario, run_scenario
 
         grid = parse_grid(args.grid)
         fixed = parse_fixed(getattr(args, "fixed", []))
         out = args.out or default_out(args.scenario, grid, fixed)
         result = run_sweep(args.scenario, grid, args.seeds, Path(out), args.jobs,
-                           run_fn=run_scenario, validate_fn=check_override, fixed=fixed)
+                           run_fn=run_scenario, validate_fn=check_override, fixed=fixed, check_fn=check_scenario)
     except (ValueError, ImportError) as exc:
         print(f"fleet sweep: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -24,7 +24,9 @@ from fleet.config.scenario import ScenarioConfig, unflatten
 from fleet.protocol import STATUSES
 from strategies.wrapper import RoundLog
 
-__all__ = ["RunDir", "new_run_dir", "write_json_atomic", "RunDirExists"]
+__all__ = ["RunDir", "new_run_dir", "write_json_atomic", "RunDirExists", "STRATEGY_PREFIX"]
+
+STRATEGY_PREFIX = "strategy/"  # rounds.jsonl keys of the metrics the (inner) strategy reported
 
 
 class RunDirExists(ValueError):
@@ -153,6 +155,7 @@ class RunDir:
             "sim_time_s": rl.sim_time_s,
             "device_accuracy_mean": float(np.mean(accs)) if accs else None,
             "device_accuracy_p10": float(np.percentile(accs, 10)) if accs else None,
+            **{f"{STRATEGY_PREFIX}{k}": _finite(v) for k, v in sorted(rl.strategy_metrics.items())},
         }
         self.append("rounds.jsonl", [row])
         self.totals.update({"uplink_bytes": rl.uplink_bytes, "downlink_bytes": rl.downlink_bytes,
