@@ -94,15 +94,19 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
     ds = start.fd.dataset
     x_test, y_test = test_subset(ds.x_test, ds.y_test, cfg.data.test_limit)
     evaluator = CentralEvaluator(start.model, x_test, y_test)
-    recorder = RoundRecorder(out, run_dir, strategy, inner, cfg_hash, cfg.output.keep_checkpoints, progress)
+    recorder = RoundRecorder(out, run_dir, strategy, inner, cfg_hash, cfg.output.keep_checkpoints, progress,
+                             tensorboard=cfg.output.tensorboard)
     final_arrays = start.initial
     remaining = cfg.federation.rounds - strategy.round_offset
-    if remaining > 0:
-        result = strategy.start(grid=grid, initial_arrays=record_from_numpy(start.initial),
-                                num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
-                                evaluate_fn=round_callback(cfg, strategy, evaluator, recorder, ckpt is not None))
-        if result.arrays is not None and len(result.arrays):
-            final_arrays = record_to_numpy(result.arrays)
+    try:
+        if remaining > 0:
+            result = strategy.start(grid=grid, initial_arrays=record_from_numpy(start.initial),
+                                    num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
+                                    evaluate_fn=round_callback(cfg, strategy, evaluator, recorder, ckpt is not None))
+            if result.arrays is not None and len(result.arrays):
+                final_arrays = record_to_numpy(result.arrays)
+    finally:
+        recorder.close()
     return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, (x_test, y_test))
 
 

@@ -35,6 +35,8 @@ def test_quiet_prints_only_our_lines(tmp_path: Path) -> None:
     assert [ln.split(" ")[0] for ln in out.stdout.splitlines()] == ["run", "final", "device-rounds"], out.stdout
     log = (tmp_path / "q" / "run.log").read_text()
     assert "Starting FleetStrategy strategy" in log and "\x1b[" not in log
+    csv_rows = (tmp_path / "q" / "rounds.csv").read_text().splitlines()
+    assert len(csv_rows) == 3 and csv_rows[0].startswith("round,accuracy,")  # header + rounds 0 and 1
     assert "run_simulation` function is deprecated" not in log + out.stderr
 
 

@@ -245,6 +245,8 @@ class RayConfig:
 class OutputConfig:
     dir: str = opt("", "run directory (default runs/<scenario>/<timestamp>)")
     keep_checkpoints: int = opt(2, "round checkpoints kept", ge=1)
+    tensorboard: bool = opt(False, "also write TensorBoard events (round scalars, device histograms, the config) "
+                            "under RUN_DIR/tensorboard; needs `pip install 'edgefleet[tensorboard]'`")
 
 
 @dataclass(frozen=True)

@@ -56,9 +56,12 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     from fleet.model.reference import load_state_checked
     from fleet.quant.codecs import scenario_codec
     from fleet.train.losses import FeatureTaps, clc_layer_names
+    from simulations.store.tracking import tensorboard_available
     from strategies.loader import load_strategy
 
     warnings: list[str] = []
+    if cfg.output.tensorboard and not tensorboard_available():
+        raise ConfigError("output.tensorboard", "needs the tensorboard package: pip install 'edgefleet[tensorboard]'")
     try:
         load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
     except ValueError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,12 @@ from flwr.serverapp.strategy import Strategy
 from fleet.arrays import record_to_numpy
 from fleet.config.scenario import ScenarioConfig
 from fleet.model.assembly import load_arrays
+from fleet.protocol import DeviceReport
 from fleet.train.loop import evaluate
 from simulations.store.checkpoint import save_checkpoint
 from simulations.store.results import RunDir
+from simulations.store.rundir import read_jsonl
+from simulations.store.tracking import RoundsCsv, TensorBoardLog
 from strategies.wrapper import FleetStrategy, is_eval_round
 
 __all__ = ["CentralEvaluator", "RoundRecorder", "round_callback"]
@@ -46,7 +49,8 @@ class CentralEvaluator:
 
 @dataclass
 class RoundRecorder:
-    """Writes each round's lines (``rounds.jsonl``, ``devices.jsonl``), then its checkpoint, then tells progress."""
+    """Writes each round's lines (``rounds.jsonl``, ``devices.jsonl``), then its checkpoint, then the trackers
+    (``rounds.csv``, TensorBoard with ``output.tensorboard``), then tells progress."""
 
     out: RunDir
     run_dir: Path
@@ -55,28 +59,39 @@ class RoundRecorder:
     cfg_hash: str
     keep_checkpoints: int
     progress: ProgressFn | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         self._t = time.perf_counter()
+        self.csv = RoundsCsv(self.run_dir, read_jsonl(self.run_dir / "rounds.jsonl", []))  # resumed: lines so far
+        self.tb = TensorBoardLog(self.run_dir, (self.run_dir / "config.toml").read_text()) if self.tensorboard else None
 
     def start(self, metrics: Metrics) -> None:
-        self._emit(self.out.record_start(*metrics, self._lap()))
+        self._track(self.out.record_start(*metrics, self._lap()), ())
 
     def round(self, server_round: int, arrays: dict[str, np.ndarray], metrics: Metrics) -> None:
         assert self.strategy.last is not None  # a round has been aggregated
         row = self.out.record_round(self.strategy.last, *metrics, self._lap())
         save_checkpoint(self.run_dir, server_round, arrays, self.strategy.state_dict(), self.inner, self.cfg_hash,
                         self.keep_checkpoints)
-        self._emit(row)
+        self._track(row, self.strategy.last.reports)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+    def _track(self, row: dict[str, Any], reports: Sequence[DeviceReport]) -> None:
+        self.csv.add(row)
+        if self.tb is not None:
+            self.tb.add(row, reports)
+        if self.progress is not None:
+            self.progress(row)
 
     def _lap(self) -> float:
         now = time.perf_counter()
         lap, self._t = now - self._t, now
         return lap
 
-    def _emit(self, row: dict[str, Any]) -> None:
-        if self.progress is not None:
-            self.progress(row)
 
 
 def round_callback(cfg: ScenarioConfig, strategy: FleetStrategy, evaluator: CentralEvaluator,
