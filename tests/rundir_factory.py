@@ -63,11 +63,19 @@ def write_run(
     qgt: bool = True,
     continual: bool = True,
     truncate_last: bool = False,
+    round0: bool = True,
+    val_sizes: list[int] | None = None,
+    float_layers: tuple[int, ...] | None = (0, 7),
+    uplink_per_device: int = 20_000,
 ) -> Path:
     """Write a synthetic run directory and return its path.
 
     ``complete=False`` writes ``rounds - 1`` rounds and a ``"running"`` summary;
-    ``truncate_last=True`` appends half a JSON line to ``rounds.jsonl``.
+    ``truncate_last=True`` appends half a JSON line to ``rounds.jsonl``. ``round0`` writes
+    the starting model's line first (``round: 0``, no devices, zero bytes), as real runs do.
+    ``val_sizes`` sets each device's held-out count in ``partition.json`` (default: a fifth
+    of its local data, 8..39). With ``qgt``, ``float_layers`` are the indices of the 8
+    ``qgt.json`` layers left float in ``model-int.safetensors`` (None: no model file).
     """
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
@@ -76,6 +84,13 @@ def write_run(
     done = rounds if complete else rounds - 1
     round_lines, device_lines = [], []
     acc = 0.2
+    if round0:
+        round_lines.append({
+            "round": 0, "accuracy": acc, "loss": 2.0 * (1 - acc), "devices_sampled": 0,
+            "devices_completed": 0, "devices_failed": 0, "devices_dropped": 0,
+            "devices_rejected": 0, "status_counts": dict.fromkeys(STATUSES, 0),
+            "uplink_bytes": 0, "downlink_bytes": 0, "wall_s": 0.01, "sim_time_s": 0.0,
+            "device_accuracy_mean": None, "device_accuracy_p10": None})
     for r in range(1, done + 1):
         acc = final_accuracy - (final_accuracy - 0.2) * 0.5 ** r + float(rng.normal(0, 0.005))
         chosen = rng.choice(num_devices, size=per_round, replace=False)
@@ -84,7 +99,7 @@ def write_run(
         up = 0
         for d, st, da in zip(chosen, statuses, dev_acc, strict=True):
             ok = st in ("ok", "rejected")
-            bytes_up = 20_000 if ok else 0
+            bytes_up = uplink_per_device if ok else 0
             up += bytes_up
             device_lines.append({
                 "round": r, "device": int(d), "status": str(st), "profile": "phone-mid",
@@ -118,7 +133,8 @@ def write_run(
     labels = rng.dirichlet(np.full(num_classes, 0.5), size=num_devices)  # (D, K)
     sizes = rng.integers(40, 200, size=num_devices)
     partition = {"num_classes": num_classes, "devices": [
-        {"device": i, "train": int(sizes[i]), "val": int(sizes[i] // 5),
+        {"device": i, "train": int(sizes[i]),
+         "val": int(sizes[i] // 5) if val_sizes is None else int(val_sizes[i]),
          "labels": [int(x) for x in np.round(labels[i] * sizes[i])]}
         for i in range(num_devices)]}
     (path / "partition.json").write_text(json.dumps(partition))
@@ -129,6 +145,12 @@ def write_run(
         for rank, layer in enumerate(ranked, start=1):
             layer["rank"] = rank
         (path / "qgt.json").write_text(json.dumps({"bits": 4, "layers": layers}))
+        if float_layers is not None:
+            quantized = [x["layer"] for i, x in enumerate(layers) if i not in float_layers]
+            write_safetensors_header(path / "model-int.safetensors", [
+                *(f"{n}.weight::{k}" for n in quantized for k in ("codes", "qspec", "shape")),
+                *(f"{n}.weight_quant.step" for n in quantized),
+                *(f"layers.{i}.conv.weight" for i in float_layers)])
     if continual:
         lines = []
         for dev in range(4):
@@ -163,6 +185,15 @@ def write_run(
     return path
 
 
+def write_safetensors_header(path: Path, names: list[str]) -> None:
+    """A valid ``.safetensors`` file holding one float32 zero per name (only the names matter)."""
+    header = {n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+              for i, n in enumerate(names)}
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8 bytes
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"\0" * (4 * len(names)))
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk; raises AssertionError if not a PNG."""
     head = path.read_bytes()[:24]
@@ -181,8 +212,10 @@ def assert_readable_png(path: Path) -> None:
 def fake_run(scenario: str, overrides: dict[str, str], out_dir: Path) -> None:
     """A stand-in for ``simulations.run.scenario.run_scenario``: writes a synthetic run.
 
-    Accuracy grows with ``coreset.fraction`` and is higher for method ``acs``, so the
-    comparison figures have something to show. Module-level so a spawn pool can pickle it.
+    Accuracy grows with ``coreset.fraction`` and is higher for method ``acs``, and the
+    uplink grows with the fraction and differs by method, so the comparison figures have
+    something to show (real coreset sweeps often send equal bytes: that case is tested in
+    ``tests/test_figures_compare.py``). Module-level so a spawn pool can pickle it.
     """
     seed = int(overrides.get("federation.seed", "0"))
     cfg = base_config(seed)
@@ -191,4 +224,6 @@ def fake_run(scenario: str, overrides: dict[str, str], out_dir: Path) -> None:
     cfg["coreset"] = {"method": method, "fraction": frac}
     cfg["output"] = {"dir": str(out_dir)}
     acc = 0.6 + 0.3 * frac + (0.05 if method == "acs" else 0.0) + 0.01 * seed
-    write_run(out_dir, seed=seed, config=cfg, final_accuracy=acc, qgt=False, continual=False)
+    uplink = int(20_000 * (1 + frac) * (1.0 if method == "acs" else 1.1))
+    write_run(out_dir, seed=seed, config=cfg, final_accuracy=acc, qgt=False, continual=False,
+              uplink_per_device=uplink)

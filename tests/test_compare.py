@@ -30,7 +30,8 @@ def _runs(root: Path) -> list[Path]:
                 acc = 0.70 + 0.02 * seed if (method, frac) == ("acs", 0.2) else 0.6 + frac / 2
                 paths.append(write_run(
                     root / f"{method}-{frac}-{seed}", seed=seed, config=cfg, rounds=3,
-                    qgt=False, continual=False, summary_extra={"final_accuracy": acc}))
+                    qgt=False, continual=False, summary_extra={"final_accuracy": acc},
+                    uplink_per_device=int(20_000 * (1 + frac))))
     return paths
 
 
@@ -55,7 +56,7 @@ def test_seeds_are_pooled_with_hand_computed_interval(compared: Path) -> None:
     text = compared.read_text()
     # Assert
     row = next(line for line in text.splitlines() if "| 0.2 | acs |" in line)
-    assert "72.00 ± 4.97" in row and "| 3 (0,1,2) |" in row
+    assert "72.00 ± 4.97" in row and "| 3 seeds: 0,1,2 |" in row
     assert text.count("| 0.5 | random |") == 1  # one row per setting, not per seed
     for stem in ("accuracy_by_setting", "accuracy_vs_uplink", "accuracy_vs_fraction"):
         assert_readable_png(compared.parent / "plots" / f"{stem}.png")

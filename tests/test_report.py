@@ -73,10 +73,10 @@ def test_half_written_run_is_incomplete_not_an_error(tmp_path: Path) -> None:
     figure = plot_accuracy_rounds(run, tmp_path / "acc.png")
     # Assert
     assert run.incomplete and run.status == "missing"
-    assert len(run.rounds) == 4
+    assert [r["round"] for r in run.rounds] == [0, 1, 2, 3, 4]  # round 0: the starting model
     assert any("truncated last line" in n for n in run.notes)
     assert "INCOMPLETE" in text and "truncated last line" in text
-    assert "| Rounds completed / planned | 4 / ? |" in text  # from rounds.jsonl
+    assert "| Rounds completed / planned | 4 / ? |" in text  # from rounds.jsonl, round 0 not counted
     assert figure is not None
     assert_readable_png(figure)
 

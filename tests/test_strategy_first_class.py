@@ -163,3 +163,24 @@ def test_fleet_run_with_an_exploding_strategy(user_folder: Path, tmp_path: Path)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "Exploding.aggregate_train" in summary["error"]
     assert "Traceback" in (tmp_path / "run" / "run.log").read_text()
+
+
+def test_the_reports_round_table_shows_the_strategys_metrics(tmp_path: Path) -> None:
+    from simulations.analysis.report import round_table
+    from simulations.store.rundir import load_run
+
+    # Prepare: a run directory whose round 1 carries a strategy metric
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "rounds.jsonl").write_text(
+        json.dumps({"round": 0, "accuracy": 0.5, "devices_completed": 0, "devices_sampled": 0, "uplink_bytes": 0,
+                    "sim_time_s": 0.0}) + "\n"
+        + json.dumps({"round": 1, "accuracy": 0.75, "devices_completed": 2, "devices_sampled": 3,
+                      "uplink_bytes": 2000, "sim_time_s": 1.5, "strategy/clip-fraction": 0.25}) + "\n")
+
+    # Execute
+    lines = round_table(load_run(run_dir))
+
+    # Assert
+    assert lines[0] == "| round | accuracy | devices ok / sampled | uplink | simulated s | strategy/clip-fraction |"
+    assert lines[2:] == ["| 0 | 50.00% | 0 / 0 | 0 B | 0 | – |", "| 1 | 75.00% | 2 / 3 | 2.00 kB | 1.5 | 0.25 |"]

@@ -10,47 +10,145 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulations.analysis.devices import (
+    MIN_DEVICES,
+    MIN_VAL_SAMPLES,
+    WORST_SHARE,
+    DeviceAccuracy,
+    device_accuracy,
+    round_spread,
+)
 from simulations.analysis.plots.common import byte_unit
-from simulations.analysis.plots.data import plot_continual, plot_partition, plot_qgt
+from simulations.analysis.plots.data import plot_continual, plot_partition, plot_qgt, qgt_layers, qgt_note
 from simulations.analysis.plots.run import (
-    last_device_accuracy,
+    evaluated_rounds,
+    p10_note,
     plot_accuracy_rounds,
     plot_accuracy_uplink,
     plot_device_accuracy,
     plot_time_status,
-    worst_devices,
 )
 from simulations.store.rundir import Run, RunDirError, load_run
 
-__all__ = ["RUN_FIGURES", "write_report", "key_numbers", "fmt_bytes", "add_parser", "main"]
+__all__ = ["RUN_FIGURES", "ReportSettings", "write_report", "key_numbers", "fmt_bytes",
+           "add_parser", "main"]
 
-PlotFn = Callable[[Run, Path], Path | None]
 
-#: Figure file stem -> (plot function, heading, caption in report.md), in report order.
-RUN_FIGURES: dict[str, tuple[PlotFn, str, str]] = {
-    "accuracy_rounds": (plot_accuracy_rounds, "Accuracy per round",
-                        "Central test accuracy of the global model (deployed/quantized when "
-                        "quantized), the on-device mean and 10th percentile, and the FP "
-                        "reference as a dashed line."),
-    "accuracy_uplink": (plot_accuracy_uplink, "Accuracy against communication",
-                        "Global-model accuracy against the cumulative bytes devices uploaded."),
-    "device_accuracy": (plot_device_accuracy, "Accuracy across devices",
-                        "On-device held-out accuracy of the received global model, in the "
-                        "last round each device reported one; the worst 10% in red."),
-    "time_status": (plot_time_status, "Round time and device status",
-                    "Simulated round time (slowest accepted device), wall time, and what "
-                    "happened to each round's sampled devices."),
-    "partition": (plot_partition, "Data partition",
-                  "Share of each class in each device's training data, and local data sizes."),
-    "qgt": (plot_qgt, "QGT bottleneck ranking",
-            "Per-layer QGT residual and quantization MSE; the top layers are the first "
-            "candidates for more bits."),
-    "continual": (plot_continual, "Continual calibration",
-                  "Accuracy per stream task for each calibration method: mean over devices "
-                  "with the 10th-90th percentile band."),
+@dataclass(frozen=True)
+class ReportSettings:
+    """How the report judges on-device accuracies (defaults in :mod:`simulations.analysis.devices`).
+
+    Parameters
+    ----------
+    min_val_samples : int
+        A device enters a percentile or the worst-device list only with at least this many
+        held-out samples (default: 20).
+    min_devices : int
+        A percentile or worst list is given only when at least this many devices qualify
+        (default: 10).
+    worst_share : float
+        Share of the qualifying devices listed as the worst (default: 0.1).
+    """
+
+    min_val_samples: int = MIN_VAL_SAMPLES
+    min_devices: int = MIN_DEVICES
+    worst_share: float = WORST_SHARE
+
+    def devices(self, run: Run) -> DeviceAccuracy:
+        """The one device summary the table, the figure and the caption share."""
+        return device_accuracy(run, min_val_samples=self.min_val_samples,
+                               min_devices=self.min_devices, share=self.worst_share)
+
+    @property
+    def rule(self) -> str:
+        """The rule as caption text."""
+        return (f"devices with >= {self.min_val_samples} held-out samples, when >= "
+                f"{self.min_devices} devices qualify (report settings min_val_samples="
+                f"{self.min_val_samples}, min_devices={self.min_devices})")
+
+
+#: A figure: writes the PNG (or not) and returns ``(path or None, caption or note)``;
+#: ``(None, "")`` leaves the figure out of the report.
+DrawFn = Callable[[Run, Path, ReportSettings], tuple[Path | None, str]]
+
+
+def _draw_accuracy_rounds(run: Run, path: Path, st: ReportSettings) -> tuple[Path | None, str]:
+    out = plot_accuracy_rounds(run, path, min_val_samples=st.min_val_samples,
+                               min_devices=st.min_devices)
+    ns = [s.n_qualified for s in round_spread(run, min_val_samples=st.min_val_samples,
+                                              min_devices=st.min_devices) if s.p10 is not None]
+    why = p10_note(run, min_val_samples=st.min_val_samples, min_devices=st.min_devices)
+    p10 = (f"the 10th percentile over {st.rule}, drawn in {len(ns)} round(s) from "
+           f"{min(ns)}-{max(ns)} devices (n at each point)" if ns else
+           "no 10th percentile line")
+    p10 += f" ({why.rstrip('.')})" if why else ""
+    return out, ("Central test accuracy of the global model (fake-quantized when quantized) from "
+                 "round 0, the starting model before any device trained; the on-device mean "
+                 f"over each round's completed devices (n in the legend); {p10}; the FP "
+                 "reference as a dashed line.")
+
+
+def _draw_device_accuracy(run: Run, path: Path, st: ReportSettings) -> tuple[Path | None, str]:
+    out = plot_device_accuracy(run, path, min_val_samples=st.min_val_samples,
+                               min_devices=st.min_devices, share=st.worst_share)
+    da = st.devices(run)
+    marked = (f"the 10th percentile and the worst {100 * st.worst_share:g}% ({len(da.worst)} "
+              f"of {len(da.qualified)} devices, red; the same devices as the table) are over "
+              f"{st.rule}" if da.worst else f"no 10th percentile or worst devices: "
+              f"{da.not_ranked_reason()}")
+    return out, (f"On-device held-out accuracy of the received global model, in the last round "
+                 f"each of the {len(da.accuracy)} devices reported one. The mean is over all of "
+                 f"them (the table's mean); {marked}. Hollow grey: devices below "
+                 f"{st.min_val_samples} held-out samples.")
+
+
+def _draw_qgt(run: Run, path: Path, st: ReportSettings) -> tuple[Path | None, str]:
+    out = plot_qgt(run, path)
+    info = qgt_layers(run)
+    if info is None:
+        return None, ""
+    if out is None:
+        return None, qgt_note(run)
+    left = (f" Float layers ({', '.join(info.floats)}) are left out: they have no low-bit grid "
+            f"({info.source})." if info.floats else "" if info.source else
+            " Which layers are float is unknown (no model file in the run), so all are shown.")
+    ranked = (" the top layer is the first candidate for more bits." if len(info.quantized) > 1
+              else " there is one quantized layer, so nothing is ranked.")
+    return out, ("Per-layer QGT ranking key (the normalised residual when qgt.json has it) and "
+                 "weight quantization MSE of the quantized layers, each bar labelled with its "
+                 f"value;{ranked}{left}")
+
+
+def _plain(plot: Callable[[Run, Path], Path | None], caption: str) -> DrawFn:
+    def draw(run: Run, path: Path, st: ReportSettings) -> tuple[Path | None, str]:
+        out = plot(run, path)
+        return out, caption if out is not None else ""
+
+    return draw
+
+
+#: Figure file stem -> (draw function, heading), in report order.
+RUN_FIGURES: dict[str, tuple[DrawFn, str]] = {
+    "accuracy_rounds": (_draw_accuracy_rounds, "Accuracy per round"),
+    "accuracy_uplink": (_plain(plot_accuracy_uplink,
+                               "Global-model accuracy against the cumulative bytes devices "
+                               "uploaded, from round 0 (no bytes sent yet)."),
+                        "Accuracy against communication"),
+    "device_accuracy": (_draw_device_accuracy, "Accuracy across devices"),
+    "time_status": (_plain(plot_time_status,
+                           "Simulated round time (slowest accepted device), wall time, and what "
+                           "happened to each round's sampled devices; round 0 only evaluates "
+                           "the starting model."), "Round time and device status"),
+    "partition": (_plain(plot_partition, "Share of each class in each device's training data, "
+                         "and local data sizes (train and held-out)."), "Data partition"),
+    "qgt": (_draw_qgt, "QGT bottleneck ranking"),
+    "continual": (_plain(plot_continual, "Accuracy per stream task for each calibration method: "
+                         "mean over devices with the 10th-90th percentile band."),
+                  "Continual calibration"),
 }
 
 
@@ -70,11 +168,13 @@ def _num(x: Any, unit: str = "", digits: int = 1) -> str:
     return "–" if x is None else f"{float(x):.{digits}f}{unit}"
 
 
-def key_numbers(run: Run) -> list[tuple[str, str]]:
+def key_numbers(run: Run, settings: ReportSettings | None = None) -> list[tuple[str, str]]:
     """The report's key numbers as ``(label, text)`` rows, from the summary and the rounds.
 
-    Without a summary, totals are summed over ``rounds.jsonl`` instead.
+    Without a summary, totals are summed over ``rounds.jsonl`` instead. The on-device rows
+    come from ``settings.devices(run)``, the source of the device-accuracy figure too.
     """
+    st = settings or ReportSettings()
     s = run.summary or {}
     rounds = run.rounds
     last = rounds[-1] if rounds else {}
@@ -88,24 +188,36 @@ def key_numbers(run: Run) -> list[tuple[str, str]]:
 
     rows = [("Status", "complete" if not run.incomplete else f"INCOMPLETE ({run.status})"),
             ("Scenario", str(s.get("scenario", "–"))),
-            ("Rounds completed / planned",
-             f"{s.get('rounds_completed', len(rounds))} / {s.get('rounds_planned', '?')}"),
+            ("Rounds completed / planned",  # round 0 (the starting model) is not a round trained
+             f"{s.get('rounds_completed', sum(int(r['round']) > 0 for r in rounds))} / "
+             f"{s.get('rounds_planned', '?')}"),
             ("Final accuracy (global model)", _pct(final)),
             ("FP reference accuracy", _pct(fp))]
     if final is not None and fp is not None:
         rows.append(("Gap to FP reference", f"{100 * (final - fp):+.2f} points"))
-    if rounds:
-        best = max(rounds, key=lambda r: float(r.get("accuracy") or 0))
-        rows.append(("Best round accuracy",
-                     f"{_pct(best.get('accuracy'))} (round {best['round']})"))
-        rows.append(("On-device accuracy, last round: mean / p10",
-                     f"{_pct(last.get('device_accuracy_mean'))} / "
-                     f"{_pct(last.get('device_accuracy_p10'))}"))
-    per_device = last_device_accuracy(run)
-    if per_device:
-        worst = worst_devices(per_device)
-        rows.append(("Worst 10% of devices (last on-device accuracy)",
-                     ", ".join(f"{d} ({100 * per_device[d]:.1f}%)" for d in worst[:8])))
+    evaluated = evaluated_rounds(run)
+    if evaluated:
+        first, end = evaluated[0], evaluated[-1]
+        if int(first["round"]) == 0 and len(evaluated) > 1:
+            change = 100 * (float(end["accuracy"]) - float(first["accuracy"]))
+            rows.append(("Global model, round 0 (starting model) -> last round",
+                         f"{_pct(first['accuracy'])} -> {_pct(end['accuracy'])} (round "
+                         f"{end['round']}): {change:+.2f} points"))
+        best = max(evaluated, key=lambda r: float(r["accuracy"]))
+        rows.append(("Best round accuracy", f"{_pct(best['accuracy'])} (round {best['round']}"
+                     f"{': the starting model' if int(best['round']) == 0 else ''})"))
+    da = st.devices(run)
+    if da.accuracy:
+        rows.append((f"On-device accuracy, each device's last report ({len(da.accuracy)} "
+                     "devices): mean", _pct(da.mean)))
+        rows.append((f"On-device 10th percentile ({len(da.qualified)} devices with >= "
+                     f"{st.min_val_samples} held-out samples)",
+                     _pct(da.p10) if da.p10 is not None else f"not computed: {da.not_ranked_reason()}"))
+        if da.worst:
+            rows.append((f"Worst {100 * st.worst_share:g}% of devices ({len(da.worst)} of "
+                         f"{len(da.qualified)}; as in the figure)",
+                         ", ".join(f"{d} ({100 * da.accuracy[d]:.1f}% of {da.sizes[d]})"
+                                   for d in da.worst)))
     rows += [("Uplink / downlink total",
               f"{fmt_bytes(total('uplink_bytes', 'uplink_bytes'))} / "
               f"{fmt_bytes(total('downlink_bytes', 'downlink_bytes'))}"),
@@ -134,26 +246,57 @@ def key_numbers(run: Run) -> list[tuple[str, str]]:
     return rows
 
 
-def render_markdown(run: Run, figures: list[tuple[str, str, str]]) -> str:
-    """``report.md`` text: banner, key numbers, notes and the figures by relative path."""
+def round_table(run: Run) -> list[str]:
+    """One line per round (markdown): accuracy, devices, bytes and time, then the strategy's own metrics
+    (the ``strategy/<name>`` columns of ``rounds.jsonl``)."""
+    extra = sorted({k for r in run.rounds for k in r if k.startswith("strategy/")})
+    head = ["round", "accuracy", "devices ok / sampled", "uplink", "simulated s", *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in run.rounds:
+        acc = r.get("accuracy")
+        cells = [str(r.get("round")), "–" if acc is None else f"{100 * acc:.2f}%",
+                 f"{r.get('devices_completed', 0)} / {r.get('devices_sampled', 0)}",
+                 fmt_bytes(r.get("uplink_bytes")), f"{r.get('sim_time_s', 0.0):.3g}"]
+        cells += ["–" if r.get(k) is None else f"{r[k]:.4g}" for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(run: Run, figures: list[tuple[str | None, str, str]],
+                    settings: ReportSettings | None = None) -> str:
+    """``report.md`` text: banner, key numbers, notes and the figures by relative path.
+
+    ``figures`` holds ``(relative path or None, heading, caption)``; without a path the
+    caption is written as a note in place of the figure.
+    """
     lines = [f"# Run report: {run.name}", "", f"Run directory: `{run.path}`", ""]
     if run.incomplete:
         lines += [f"> **INCOMPLETE RUN** (summary status: {run.status}). The numbers below come "
                   f"from the {len(run.rounds)} round(s) that finished.", ""]
     lines += ["## Key numbers", "", "| | |", "|---|---|"]
-    lines += [f"| {label} | {text} |" for label, text in key_numbers(run)]
+    lines += [f"| {label} | {text} |" for label, text in key_numbers(run, settings)]
     if run.notes:
         lines += ["", "## Notes while reading", ""] + [f"- {n}" for n in run.notes]
+    lines += ["", "## Rounds", ""] + round_table(run)
     lines += ["", "## Figures", ""]
     for rel, title, caption in figures:
-        lines += [f"### {title}", "", caption, "", f"![{title}]({rel})", ""]
+        lines += [f"### {title}", "", caption, ""]
+        lines += [f"![{title}]({rel})", ""] if rel is not None else []
     if not figures:
         lines.append("No figures: the run has no finished rounds yet.")
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, *, min_val_samples: int = MIN_VAL_SAMPLES,
+                 min_devices: int = MIN_DEVICES, worst_share: float = WORST_SHARE) -> Path:
     """Write the figures under ``run_dir/plots/`` and ``run_dir/report.md``; return the latter.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run directory.
+    min_val_samples, min_devices, worst_share : int, int, float
+        :class:`ReportSettings` (defaults 20, 10, 0.1), stated in the captions.
 
     Raises
     ------
@@ -161,12 +304,18 @@ def write_report(run_dir: Path) -> Path:
         When ``run_dir`` is not a run directory.
     """
     run = load_run(run_dir)
-    figures = []
-    for stem, (plot, title, caption) in RUN_FIGURES.items():
-        if plot(run, run.path / "plots" / f"{stem}.png") is not None:
+    st = ReportSettings(min_val_samples, min_devices, worst_share)
+    figures: list[tuple[str | None, str, str]] = []
+    for stem, (draw, title) in RUN_FIGURES.items():
+        png = run.path / "plots" / f"{stem}.png"
+        png.unlink(missing_ok=True)  # a figure a re-report no longer draws must not linger
+        out_png, caption = draw(run, png, st)
+        if out_png is not None:
             figures.append((f"plots/{stem}.png", title, caption))
+        elif caption:
+            figures.append((None, title, caption))
     out = run.path / "report.md"
-    out.write_text(render_markdown(run, figures), encoding="utf-8")
+    out.write_text(render_markdown(run, figures, st), encoding="utf-8")
     return out
 
 
@@ -183,13 +332,21 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a run directory (holds config.toml and rounds.jsonl)")
+    p.add_argument("--min-val-samples", type=int, default=MIN_VAL_SAMPLES, metavar="N",
+                   help="held-out samples a device needs to enter an on-device percentile or "
+                   f"the worst-device list (default: {MIN_VAL_SAMPLES})")
+    p.add_argument("--min-devices", type=int, default=MIN_DEVICES, metavar="N",
+                   help="qualifying devices needed for a percentile or worst list "
+                   f"(default: {MIN_DEVICES})")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``fleet report``; exit code 0, or 2 with a one-line error on stderr."""
     try:
-        out = write_report(Path(args.run_dir))
+        out = write_report(Path(args.run_dir),
+                           min_val_samples=getattr(args, "min_val_samples", MIN_VAL_SAMPLES),
+                           min_devices=getattr(args, "min_devices", MIN_DEVICES))
     except RunDirError as exc:
         print(f"fleet report: error: {exc}", file=sys.stderr)
         return 2
