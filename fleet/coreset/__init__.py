@@ -1,6 +1,6 @@
 """Coreset selection for on-device QAT: scores, schedules, selectors, persistence.
 
-See ``fleet.coreset.selectors`` for the registry and ALGORITHMS.md §1.4, §2.1.
+See ``fleet.coreset.selectors`` for the registry and docs/methods.md (ACS, QuaRC)
 """
 
 from fleet.coreset.base import CoresetResult, SelectionContext, Selector, SelectorState

@@ -1,6 +1,6 @@
 """Turning per-sample scores into a coreset: normalisation and top-k budgets.
 
-Selection keeps the highest scores, as ACS and QuaRC do (ALGORITHMS.md §1.4, §2.1).
+Selection keeps the highest scores, as ACS and QuaRC do (docs/methods.md (ACS, QuaRC)).
 The coreset is the fraction asked: a device keeps ``max(1, round(fraction * N))`` samples
 (Python's round-half-to-even), and a class-balanced selection spreads that total over the
 classes present in proportion to their counts by largest remainder (ties to the smaller

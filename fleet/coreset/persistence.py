@@ -1,4 +1,4 @@
-"""Keeping a coreset between re-selections (ALGORITHMS.md §1.4: reuse D_S(t-1)).
+"""Keeping a coreset between re-selections (docs/methods.md (ACS, QuaRC): reuse D_S(t-1)).
 
 A device selects at its first participation and then every ``reselect_every``
 participations; in between it reuses the indices it stored in its own state dict

@@ -2,7 +2,7 @@
 
 Each schedule maps ``(t, T)`` (epoch, total epochs) to the weight ``w`` on EVS;
 the weight on DS is ``1 - w``. All go from 1 at ``t = 0`` to 0 at ``t = T``
-except the constant ones (ALGORITHMS.md §2.1).
+except the constant ones (docs/methods.md (ACS)).
 
 - ``paper``: ``cos(pi t / (2T))``, the ACS and QuaRC papers' formula.
 - ``code``: ``0.5 (1 + cos(pi t / T))``, ACS's released ``--adaptive cosine``.

@@ -1,7 +1,7 @@
 """Per-sample selection scores (ACS's EVS and DS, QuaRC's RES) and the scoring pass.
 
 All scores are computed per sample on class probabilities ``p = softmax(logits)``
-(ALGORITHMS.md §1.4, §2.1). Higher score = more worth training on.
+(docs/methods.md (ACS, QuaRC)). Higher score = more worth training on.
 
 ``score_pass`` runs the current quantized model and the frozen FP reference over a
 device's local data once, in eval mode and without gradients, as ACS's selection

@@ -16,7 +16,7 @@ name           score (higher = keep)                                           p
 =============  ==============================================================  ======
 
 Each score term is normalised by ``ctx.score_norm`` over the device's data before
-mixing; ``"none"`` is the papers' form (ALGORITHMS.md §1.4, §8 on why RES then
+mixing; ``"none"`` is the papers' form (docs/methods.md (ACS, QuaRC; Small-scale notes) on why RES then
 dominates). Choices where the sources are silent are listed in the class docstrings.
 
 Examples

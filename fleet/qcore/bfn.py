@@ -1,6 +1,6 @@
 """Bit-flipping networks (BFNs): predict a per-weight code step in {-1, 0, +1} from activations.
 
-ALGORITHMS.md §4.4-4.5. The released ``Flipping`` net maps one layer's inputs on the
+docs/methods.md (The bit-flipping network). The released ``Flipping`` net maps one layer's inputs on the
 whole QCore to a tensor shaped like the layer's weight; at use time the output is
 rounded and clamped to {-1, 0, +1}. Its training path is broken as released, so we
 follow the stated intent: *learn the sign of the code change that back-prop

@@ -3,7 +3,7 @@
 Methods (``CALIBRATIONS``):
 
 * ``bfn``: one bit-flip step of every layer's codes predicted by the BFNs from the
-  core's activations (ALGORITHMS.md §4.5 step 1). Forward passes only.
+  core's activations (docs/methods.md (Continual calibration on a device) step 1). Forward passes only.
 * ``backprop-qcore``: back-prop calibration on the QCore (§4.4: Adam, CE). Latent
   float weights with an STE move the integer codes (the released code's cache makes
   its BP train biases/BN only; we follow the intent). Biases and BatchNorm affine

@@ -1,6 +1,6 @@
 """QCore continual calibration: off-device deployment and one device's stream loop.
 
-``deploy`` is the off-device part (ALGORITHMS.md §4.3-4.4): quantize the float model,
+``deploy`` is the off-device part (docs/methods.md (Quantization misses and the core)): quantize the float model,
 BP-calibrate it on the QCore, and train the BFNs on recorded (activation, code-change
 sign) pairs. ``run_device_stream`` is the on-device part (§4.5): for every stream
 batch, (1) update the core (QCore: forward-only miss counting and re-sampling at a fixed

@@ -1,6 +1,6 @@
 """Quantization misses: per-sample forgetting events across bit-widths, and QCore sampling.
 
-ALGORITHMS.md §4.3. A *quantization miss* is a correct -> incorrect transition between
+docs/methods.md (Quantization misses and the core). A *quantization miss* is a correct -> incorrect transition between
 two consecutive recordings of a quantized copy's prediction on a sample (Toneva et
 al.'s forgetting events, counted per bit-width and summed). The QCore is drawn with
 probability proportional to the count, without replacement.

@@ -1,6 +1,6 @@
 """QCore's quantizer: integer weight codes per output channel, sigma-clipped activations.
 
-Follows ALGORITHMS.md §4.2 (the released code's ZeroQ/SQuant-derived quantizer):
+Follows docs/methods.md (The QCore quantizer) (the released code's ZeroQ/SQuant-derived quantizer):
 
 * weights: per-output-channel asymmetric min-max, round to nearest, clamped to the
   signed range ``[-2^(b-1), 2^(b-1) - 1]`` with an integer zero-point. Unlike the

@@ -1,4 +1,4 @@
-"""LSQ fake quantizers (Esser et al. 2020, as used by ACS and QuaRC; ALGORITHMS.md §1.3, §2.2).
+"""LSQ fake quantizers (Esser et al. 2020, as used by ACS and QuaRC; docs/methods.md (LSQ quantizer)).
 
 A quantizer is a small ``nn.Module`` with one job: map a float tensor onto the
 symmetric grid ``s * {qmin, ..., qmax}`` (zero-point fixed at 0) in the forward

@@ -1,6 +1,6 @@
 """Training losses of QuaRC: soft-label KD and Cascaded Layer Correction (CLC).
 
-``L_TOTAL = L_KD + beta * L_CLC`` (QuaRC Eq. 9, ALGORITHMS.md §1.5):
+``L_TOTAL = L_KD + beta * L_CLC`` (QuaRC Eq. 9, docs/methods.md (KD and CLC)):
 
 - ``kd_loss``: cross-entropy against the teacher's soft labels at temperature 1,
   with no hard-label term (ACS's ``DistributionLoss``).
@@ -12,7 +12,7 @@
 - ``FeatureTaps`` collects the outputs of named modules (``block_names``) with
   forward hooks; names survive quantization surgery, so one list taps Q and F.
 - ``auto_beta`` picks beta from a target ratio ``beta * L_CLC = ratio * L_KD``,
-  because the right beta depends on the feature-map size (ALGORITHMS.md §8).
+  because the right beta depends on the feature-map size (docs/methods.md (Small-scale notes)).
 """
 
 from __future__ import annotations

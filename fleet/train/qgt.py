@@ -1,12 +1,12 @@
 """QGT weight regularizer (reconstruction: QGT paper body unverified).
 
-See ALGORITHMS.md §3.2; only the paper's abstract is verified.
+See docs/methods.md (QGT); only the paper's abstract is verified.
 
 Quantization-Guided Training (Ghamari et al., arXiv 2103.06231) adds a per-layer
 regularizer that pulls weights toward values that quantize well at a target
 bit-width, and reads the final per-layer residual as a "compression bottleneck"
 report. Only the abstract is verified; everything below follows the labelled
-reconstruction in ALGORITHMS.md §3.2:
+reconstruction in docs/methods.md (QGT):
 
 ``L = L_task + lambda(step) * sum_l R_b(W_l)``, with the signed grid
 ``q(w) = s * clamp(round(w / s), -2^(b-1), 2^(b-1) - 1)`` and forms

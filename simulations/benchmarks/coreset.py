@@ -2,7 +2,7 @@
 
 Run: ``python -m simulations.benchmarks.coreset [--quick] [--seeds 5] [--out PATH]``.
 
-Reproduces the SHAPE of QuaRC's Tables I/III (ALGORITHMS.md §1.8) on small data, in
+Reproduces the SHAPE of QuaRC's Tables I/III (docs/methods.md (Sources)) on small data, in
 two settings: (a) one device holding all the benchmark data, in-process
 (``coreset_single``), and (b) a federated fleet of 100 devices, Dirichlet alpha 0.3,
 through ``run_config`` (``coreset_fed``). Cells: W2A2 and W4A4 x fractions 1%, 10% x
@@ -77,7 +77,7 @@ QUICK_BUDGETS: dict[str, dict[str, Any]] = {
                     "rows": ["quarc+clc"], "bits": [4], "fractions": [0.1]},
 }
 QUICK_DATA = {"mnist14": {"n_pretrain": 600, "n_bench": 800, "pretrain_epochs": 1}}
-TRAIN = {"train.lr": 0.00125,  # Adam at ACS/QuaRC's ImageNet LR (ALGORITHMS.md §1.7)
+TRAIN = {"train.lr": 0.00125,  # Adam at ACS/QuaRC's ImageNet LR (docs/methods.md (Sources))
          "train.batch-size": 32, "train.optimizer": "adam", "train.local-epochs": 1}
 
 
@@ -109,7 +109,7 @@ def probe_beta(data: BenchData, bits: int, budget: dict[str, Any]) -> dict[str, 
     """L_KD and L_CLC (flat-softmax, all blocks) at the start of training, seed 0, first train batch.
 
     The fixed beta is ``10^round(log10(L_KD / L_CLC))``: beta * L_CLC about L_KD, the
-    balance the paper's best beta strikes (ALGORITHMS.md §1.5, §8). Training data only.
+    balance the paper's best beta strikes (docs/methods.md (KD and CLC; Small-scale notes)). Training data only.
     """
     cfg = scenario(data, "single", budget, bits, 0.1, "quarc+clc", 0, 1.0)
     ref = load_reference(data)

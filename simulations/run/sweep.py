@@ -323,7 +323,7 @@ def add_parser(subparsers: Any) -> None:
         "then write sweep.csv (one row per run) and compare.md with mean ± 95% interval "
         "per setting and figures. Runs that already finished are skipped, so the same "
         "command resumes an interrupted sweep. Every key and value is validated first.",
-        epilog="example: fleet sweep quick --grid coreset.method=acs,random "
+        epilog="example: fleet sweep quickstart --grid coreset.method=acs,random "
         "--grid coreset.fraction=0.1,0.3 --seeds 5 --jobs 2",
     )
     p.add_argument("scenario", metavar="SCENARIO", help="scenario name or TOML file")
