@@ -258,3 +258,10 @@ def test_choices_come_from_the_registries(monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.coreset.method == "my-selector"
     with pytest.raises(ConfigError, match=r"^coreset.method: must be one of full, random, .*my-selector"):
         parse_config({"coreset.method": "nope"})
+
+
+def test_an_override_valid_only_beside_another_passes_with_it() -> None:
+    # npz needs data.root: alone it is refused naming the key; with the root given beside it, it passes
+    with pytest.raises(ConfigError, match=r"^data.root: the npz dataset needs data.root"):
+        check_override("data.dataset", "npz")
+    check_override("data.dataset", "npz", {"data.root": "../shared/data/mnist"})

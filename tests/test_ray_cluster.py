@@ -1,6 +1,8 @@
 """Joining an existing Ray cluster: ``ray start --head`` on loopback, then a run with ``ray.address``.
 
-The head gets its own ``--temp-dir``, so its processes are found by that path (and
+The ``ray`` command is the one installed beside the running interpreter (the
+environment's ``bin/``), else the first on ``PATH``; without either the test is
+skipped. The head gets its own ``--temp-dir``, so its processes are found by that path (and
 their descendants) and stopped by process id in the fixture's teardown. ``ray stop
 --force`` is deliberately not used: it kills every Ray process of the user,
 including other runs on the same machine.
@@ -12,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +23,22 @@ import psutil
 import pytest
 from whole_run import run_flat
 
-pytestmark = pytest.mark.slow
 
-RAY = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "ray"
+def _ray_executable() -> str | None:
+    """``ray`` beside ``sys.executable`` (not resolved: a venv's python is a symlink), else on PATH."""
+    beside = Path(sys.executable).parent / "ray"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("ray")
+
+
+RAY = _ray_executable()
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(RAY is None, reason=f"no 'ray' executable beside {sys.executable} or on PATH "
+                                           "(install flwr[simulation] into this environment)"),
+]
 
 
 def _free_port() -> int:
@@ -65,7 +81,8 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="efray", dir="/tmp")
     port = _free_port()
-    cmd = [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+    assert RAY is not None  # the module is skipped otherwise
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)

@@ -235,14 +235,17 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), parse_override_value(text.strip())
 
 
-def check_override(key: str, text: str) -> None:
-    """Validate one override in isolation (used by ``--set`` and sweeps before anything runs)."""
+def check_override(key: str, text: str, context: Mapping[str, str] | None = None) -> None:
+    """Validate one override (sweeps, before anything runs), beside the ``context`` overrides given with it:
+    a value that is only valid together with another (``data.dataset = "npz"`` needs ``data.root``) passes
+    when the other is in the context."""
     value = parse_override_value(text)
     if key.startswith("devices.profiles."):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(key, f"must be a number >= 0 (mix weight), got {value!r}")
         return
-    parse_config({key: value})
+    flat = {k: parse_override_value(v) for k, v in (context or {}).items() if not k.startswith("devices.profiles.")}
+    parse_config({**flat, key: value})
 
 
 def load_scenario_file(path: str) -> dict[str, Any]:

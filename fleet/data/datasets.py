@@ -85,6 +85,10 @@ def _torchvision(cls_name: str):  # noqa: ANN202
             tr = cls(root, train=True, download=download)
             te = cls(root, train=False, download=download)
         except RuntimeError as exc:
+            npz = sorted(p.name for p in Path(root).glob("*.npz"))
+            if npz:  # a folder of npz files, not torchvision's layout: the dataset key is what is wrong
+                raise ConfigError("data.dataset", f"{cls_name} not found under '{root}', which holds npz files "
+                                  f"({', '.join(npz)}): set data.dataset = \"npz\" to read them") from None
             hint = "" if download else " (set data.download = true to fetch it)"
             raise ConfigError("data.root", f"{cls_name} not found under '{root}'{hint}: {exc}") from None
         xtr, xte = np.asarray(tr.data), np.asarray(te.data)
@@ -126,9 +130,12 @@ def _npz(root: str, name: str, download: bool, seed: int) -> Dataset:
         raise ConfigError("data.root", f"'{root}' is not a folder")
     if not name:
         found = sorted(p.name[: -len("_train.npz")] for p in folder.glob("*_train.npz"))
-        if len(found) != 1:
+        if not found:
+            raise ConfigError("data.root", f"'{root}' holds no *_train.npz file (a folder of "
+                              "<name>_train.npz / <name>_test.npz)")
+        if len(found) > 1:
             raise ConfigError("data.name", f"'{root}' holds {len(found)} *_train.npz files "
-                              f"({', '.join(found) or 'none'}); name one")
+                              f"({', '.join(found)}); name one")
         name = found[0]
     paths = [folder / f"{name}_{split}.npz" for split in ("train", "test")]
     for p in paths:

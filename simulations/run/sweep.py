@@ -370,7 +370,8 @@ def main(args: argparse.Namespace) -> int:
         fixed = parse_fixed(getattr(args, "fixed", []))
         out = args.out or default_out(args.scenario, grid, fixed)
         result = run_sweep(args.scenario, grid, args.seeds, Path(out), args.jobs,
-                           run_fn=run_scenario, validate_fn=check_override, fixed=fixed, check_fn=check_scenario)
+                           run_fn=run_scenario, validate_fn=lambda k, v: check_override(k, v, fixed), fixed=fixed,
+                           check_fn=check_scenario)
     except (ValueError, ImportError) as exc:
         print(f"fleet sweep: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
