@@ -35,7 +35,8 @@ How ``fleet run`` is shrunk
 After the command's own arguments the test appends ``--set`` overrides, which win over the command's own (so
 scaling.md's 1000 devices become 50): ``federation.rounds=1``, ``federation.num-devices`` at most 50,
 ``federation.devices-per-round`` at most 2, ``model.pretrain-epochs`` at most 1, ``data.test-limit`` at most 500,
-``ray.num-cpus=1`` (without ``ray.address``), and for a ``[stream]`` phase 2 tasks, 1 record epoch, 1 device.
+``federation.device-eval-limit`` at most 200, the reference pretrained on the public split, ``ray.num-cpus=1``
+(without ``ray.address``), and for a ``[stream]`` phase 2 tasks, 1 record epoch, 1 device.
 It also appends ``--out <tmp>/...``, so nothing is written into the repository; a command that appears in
 several blocks runs once. Transcripts run unshrunk (with ``--out`` only): they document errors that stop a run
 before it starts. A command that needs ``../shared/`` data is skipped when that folder is absent.
@@ -386,7 +387,10 @@ def _shrink(scenario: str, overrides: list[str]) -> list[str]:
         "federation.devices-per-round": min(fed.devices_per_round, 2, n),
         "model.pretrain-epochs": min(cfg.model.pretrain_epochs, 1),
         "data.test-limit": min(cfg.data.test_limit or 500, 500),
+        "federation.device-eval-limit": min(fed.device_eval_limit or 200, 200),
     }
+    if cfg.data.public_fraction > 0:
+        small["model.pretrain-data"] = "public"  # not the whole training set (the single-device protocol's)
     if not cfg.ray.address:
         small["ray.num-cpus"] = 1
     if cfg.stream.enabled:

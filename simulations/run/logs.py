@@ -11,10 +11,13 @@ Python-level only: a native library writing straight to file descriptor 2 still 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["RUN_LOG", "routed_logs", "FlowerNoise"]
 
@@ -34,6 +37,28 @@ class FlowerNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         return not any(p in text for p in self._PATTERNS)
+
+
+class _PlainText(io.TextIOBase):
+    """A log file that drops terminal colour codes (Ray prefixes its workers' forwarded lines with them)."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def __init__(self, fh: TextIO) -> None:
+        self.fh = fh
+
+    def write(self, text: str) -> int:
+        self.fh.write(self._ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
 
 
 def _console_handlers() -> list[logging.StreamHandler]:
@@ -61,7 +86,8 @@ def routed_logs(run_dir: Path, verbose: bool = False) -> Iterator[None]:
     import flwr.simulation  # noqa: F401 - imports Ray, whose loggers get their console handlers now
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / RUN_LOG, "a", buffering=1, encoding="utf-8") as fh:
+    with open(run_dir / RUN_LOG, "a", buffering=1, encoding="utf-8") as raw:
+        fh = _PlainText(raw)
         handlers = _console_handlers()
         streams = [h.setStream(fh) for h in handlers]
         colored = [(h, h.colored) for h in handlers if hasattr(h, "colored")]  # Flower's: no colour codes in a file
