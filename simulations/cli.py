@@ -35,7 +35,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                                "default runs/<scenario>/<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="logs only, no live progress display")
     p.add_argument("--no-report", action="store_true", help="do not write plots and report.md at the end")
-    p.add_argument("--verbose", action="store_true", help="Flower's and Ray's debug logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="Flower's and Ray's logs on the terminal instead of "
+                   "RUN_DIR/run.log")
     p.set_defaults(func=_run)
 
 
