@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["one_line", "RunFailed"]
+__all__ = ["one_line", "reason_line", "RunFailed"]
 
 _LIMIT = 300
 
@@ -34,6 +34,11 @@ def one_line(err: BaseException | str, last_line: bool = False, limit: int = _LI
     if last_line or (lines and lines[0].startswith("Traceback")):
         lines = lines[-1:]
     return " ".join(" ".join(lines).split())[:limit]
+
+
+def reason_line(reason: str | None) -> str:
+    """A Flower error reply's reason (a traceback or ``<class ...>:<'...'>``, possibly none) as one line."""
+    return one_line(reason or "", last_line=True) or "unknown error"
 
 
 class RunFailed(RuntimeError):

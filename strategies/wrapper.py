@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Strategy
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.config.scenario import ScenarioConfig
-from fleet.errors import one_line
+from fleet.errors import one_line, reason_line
 from fleet.hardware.catalogue import availability_model, catalogue, device_profiles
 from fleet.hardware.profiles import nearest_bits
 from fleet.model.roles import needs_reference
@@ -218,8 +218,7 @@ class FleetStrategy(Strategy):
             if pending is None:
                 continue
             if msg.has_error():
-                reason = one_line(msg.error.reason or "", last_line=True)  # Flower may send no reason
-                pending.status, pending.error = "failed", reason or "unknown error"
+                pending.status, pending.error = "failed", reason_line(msg.error.reason)
                 log_.reports.append(pending)
                 continue
             rep = P.DeviceReport.from_records(P.record(msg.content, P.METRICS, MetricRecord),

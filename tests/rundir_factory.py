@@ -227,3 +227,17 @@ def fake_run(scenario: str, overrides: dict[str, str], out_dir: Path) -> None:
     uplink = int(20_000 * (1 + frac) * (1.0 if method == "acs" else 1.1))
     write_run(out_dir, seed=seed, config=cfg, final_accuracy=acc, qgt=False, continual=False,
               uplink_per_device=uplink)
+
+
+def capture_saves(monkeypatch: Any, *modules: Any) -> list[Any]:
+    """Every figure the given plot modules save, in order (the PNG is still written): tests read what was drawn."""
+    saved: list[Any] = []
+    real_save = modules[0].save
+
+    def capture(fig: Any, path: Path) -> Path:
+        saved.append(fig)
+        return real_save(fig, path)
+
+    for module in modules:
+        monkeypatch.setattr(module, "save", capture)
+    return saved

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from matplotlib.figure import Figure
-from rundir_factory import base_config, write_run
+from rundir_factory import base_config, capture_saves, write_run
 
 from simulations.analysis import compare
 from simulations.analysis.compare import compare_runs, result_from_run, varying_keys
@@ -19,15 +19,7 @@ from simulations.store.rundir import load_run
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     """Every comparison figure saved, in order (the PNG is still written)."""
-    saved: list[Figure] = []
-    real_save = compare_plots.save
-
-    def capture(fig: Figure, path: Path) -> Path:
-        saved.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(compare_plots, "save", capture)
-    return saved
+    return capture_saves(monkeypatch, compare_plots)
 
 
 def _run(root: Path, name: str, *, seed: int = 0, acc: float = 0.8, uplink: int = 20_000,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from rundir_factory import base_config, write_run
+from rundir_factory import base_config, capture_saves, write_run
 
 from simulations.analysis import report
 from simulations.analysis.devices import device_accuracy, round_spread
@@ -26,16 +26,7 @@ from simulations.store.rundir import load_run
 @pytest.fixture
 def figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     """Every figure the run and data plots save, in order (the PNG is still written)."""
-    saved: list[Figure] = []
-    real_save = run_plots.save
-
-    def capture(fig: Figure, path: Path) -> Path:
-        saved.append(fig)
-        return real_save(fig, path)
-
-    monkeypatch.setattr(run_plots, "save", capture)
-    monkeypatch.setattr(data_plots, "save", capture)
-    return saved
+    return capture_saves(monkeypatch, run_plots, data_plots)
 
 
 def _line(fig: Figure, label_start: str, ax: int = 0) -> Any:

@@ -3,12 +3,15 @@ strategies can ask without loading torch)."""
 
 from __future__ import annotations
 
+import functools
+
 from fleet.config.scenario import ScenarioConfig
 from fleet.quant.spec import is_quantized
 
 __all__ = ["needs_reference"]
 
 
+@functools.lru_cache(maxsize=64)  # asked per device and round, on both sides; the answer is fixed per scenario
 def needs_reference(cfg: ScenarioConfig, weight_bits: int, act_bits: int) -> bool:
     """Whether a device training at these widths uses the float reference: as the teacher (KD at low
     bits, CLC) or to score its coreset (the selector says whether it does). A device that does not is

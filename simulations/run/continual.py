@@ -22,7 +22,7 @@ from torch import nn
 from fleet import protocol as P
 from fleet.config.scenario import ScenarioConfig
 from fleet.data.splits import FleetData
-from fleet.errors import one_line
+from fleet.errors import reason_line
 from fleet.qcore.continual import deploy
 from fleet.qcore.device import continual_config
 from fleet.qcore.misses import count_misses, sample_core, train_float_recording
@@ -76,8 +76,7 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
     for reply in grid.send_and_receive(msgs, timeout=cfg.federation.round_timeout_s):
         if reply.has_error():
             failed += 1
-            reason = one_line(reply.error.reason or "", last_line=True) or "unknown error"
-            log.warning("stream: device failed: %s", reason)
+            log.warning("stream: device failed: %s", reason_line(reply.error.reason))
             continue
         m = P.record(reply.content, P.METRICS, MetricRecord)
         dev = int(P.scalar(m[P.DEVICE]))
