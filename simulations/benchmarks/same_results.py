@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="rounds of every scenario but the quickstart")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: results/same_results.json)")
     args = p.parse_args(argv)
+    revs = {k: subprocess.run(["git", "rev-parse", v], cwd=ROOT, capture_output=True, text=True, check=True
+                              ).stdout.strip() for k, v in (("base", args.base), ("head", args.head))}
     with tempfile.TemporaryDirectory() as tmp:
-        for side, rev in (("base", args.base), ("head", args.head)):
+        for side, rev in revs.items():
             _run_all(rev, Path(tmp) / side, args.rounds)
         result = compare(Path(tmp) / "base", Path(tmp) / "head")
     for key, verdict in result.items():
         print(f"{verdict:<18} {key}")
-    revs = {k: subprocess.run(["git", "rev-parse", v], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-            for k, v in (("base", args.base), ("head", args.head))}
     write_result("same_results", {**revs, "rounds": args.rounds, "files": result}, args.out)
     return 0 if all(v.startswith("same") for v in result.values()) else 1
 
