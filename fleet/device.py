@@ -31,6 +31,7 @@ from fleet.hardware.memory import apply_memory_policy, fit_batch_size
 from fleet.hardware.profiles import DeviceProfile
 from fleet.model.assembly import load_arrays
 from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
+from fleet.privacy.policy import freeze_shared_grid, outgoing_state, uniform_weights
 from fleet.protocol import DeviceInstruction, DeviceReport
 from fleet.quant.codecs import payload_nbytes, scenario_codec
 from fleet.quant.convert import init_quantizers
@@ -173,7 +174,8 @@ def _select_coreset(rnd: _Round, model: nn.Module, state: State) -> _Coreset:
         _note_small_device(ins.device, len(data.y), cfg.coreset.fraction)
     rep.coreset_size = len(core.y)
     rep.coreset_fraction = len(core.y) / max(len(data.y), 1)
-    rep.weight = float(len(core.y) if cfg.strategy.weight_by == "coreset" else len(data.y))
+    rep.weight = 1.0 if uniform_weights(cfg) else float(len(core.y) if cfg.strategy.weight_by == "coreset"
+                                                          else len(data.y))
     return core
 
 
@@ -207,6 +209,7 @@ def _train(rnd: _Round, model: nn.Module, core: _Coreset, batch: int, max_steps:
     keep_opt = cfg.train.optimizer_state == "device"
     records = _Observer(core.selector, core.sel, core.state) if cfg.coreset.method == "forgetting" else None
     gen = torch.Generator().manual_seed(int(rnd.rng(1).integers(2**62)))
+    freeze_shared_grid(model, cfg)
     result = train_local(model, core.x, core.y, cfg.train, gen=gen, teacher=rnd.teacher, clc_layers=clc,
                          qgt_bits=ins.weight_bits, prox_mu=ins.proximal_mu, batch_size=batch,
                          max_steps=max_steps, schedule=schedule,
@@ -229,7 +232,8 @@ def _upload(rnd: _Round, model: nn.Module, global_arrays: dict[str, np.ndarray])
     cfg, ins = rnd.cfg, rnd.ins
     codec = scenario_codec(cfg)
     qinfo = artifacts.quant_info_at(cfg, ins.ref_hash, rnd.reference, ins.weight_bits, ins.act_bits)
-    payload = codec.encode(artifacts.upload_state(model, global_arrays), global_arrays, rnd.rng(4), qinfo)
+    state = outgoing_state(cfg, artifacts.upload_state(model, global_arrays), global_arrays, rnd.rng(7))
+    payload = codec.encode(state, global_arrays, rnd.rng(4), qinfo)
     payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, rnd.rng(5),
                                            cfg.faults.corrupt_form)
     rnd.rep.uplink_bytes = payload_nbytes(payload)

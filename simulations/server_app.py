@@ -28,9 +28,11 @@ from fleet.errors import one_line
 from fleet.model.assembly import load_arrays, model_quant_info, state_arrays, trainable_model
 from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
 from fleet.model.reference import reference_model, save_atomic
+from fleet.privacy.audit import MessageAudit
 from fleet.quant.codecs import scenario_codec
 from fleet.quant.convert import init_quantizers
 from fleet.quant.spec import is_quantized
+from simulations.analysis.leakage import measure_leakage
 from simulations.run.continual import run_stream_phase
 from simulations.store.checkpoint import (
     Checkpoint,
@@ -44,7 +46,9 @@ from simulations.store.checkpoint import (
 from simulations.store.deploy import export_deployable, write_qgt_report
 from simulations.store.recorder import CentralEvaluator, ProgressFn, RoundRecorder, round_callback
 from simulations.store.results import RunDir, new_run_dir
+from strategies.audit import AuditedGrid
 from strategies.loader import load_strategy
+from strategies.privacy import BudgetExhausted
 from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,7 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
     start = _global_start(cfg, out, ckpt)
     inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
     strategy = _fleet_strategy(cfg, inner, start, run_dir, ckpt)
+    grid = _wrap_grid(grid, cfg, strategy, start.initial)
     # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
     strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
     ds = start.fd.dataset
@@ -105,9 +110,21 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
                                     evaluate_fn=round_callback(cfg, strategy, evaluator, recorder, ckpt is not None))
             if result.arrays is not None and len(result.arrays):
                 final_arrays = record_to_numpy(result.arrays)
+    except BudgetExhausted as stop:  # a clean end: the rounds so far are the run
+        log.warning("%s: the run ends after round %d", stop, stop.server_round - 1)
+        out.summary["stopped"] = str(stop)
+        final_arrays = strategy.current or final_arrays
     finally:
         recorder.close()
     return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, (x_test, y_test))
+
+
+def _wrap_grid(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, initial: dict[str, np.ndarray]) -> Grid:
+    """The grid the run talks through: every device reply audited (``privacy.audit``)."""
+    if not cfg.privacy.audit:
+        return grid
+    audit = MessageAudit.for_model(initial, max_list=cfg.stream.tasks)
+    return AuditedGrid(grid, audit, lambda node: str(strategy.roster.get(node, f"on node {node}")))
 
 
 def _open_run_dir(out: RunDir, run_dir: Path, cfg_hash: str, resume: bool) -> Checkpoint | None:
@@ -150,7 +167,8 @@ def _fleet_strategy(cfg: ScenarioConfig, inner: Strategy, start: _Start, run_dir
     strategy = FleetStrategy(inner, cfg, scenario_codec(cfg), model_quant_info(start.model) if quantized else None,
                              ref_state, start.ref_hash, state_dir=str(run_dir / "device-state"),
                              refine=_bn_refiner(cfg, start.model, x_public),
-                             round_offset=ckpt.round if ckpt is not None else 0)
+                             round_offset=ckpt.round if ckpt is not None else 0,
+                             labels_present=start.fd.histograms() > 0 if cfg.privacy.label_inference else None)
     if ckpt is not None:
         strategy.load_state_dict(fleet_part(ckpt))
         restore_object_state(inner, inner_part(ckpt), ckpt.inner_meta)
@@ -170,6 +188,9 @@ def _finish(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, strateg
         write_qgt_report(model, wb if wb < 32 else 8, run_dir)
     extra: dict[str, Any] = export_deployable(model, start.reference, cfg, run_dir, *test) if quantized else {
         "model_size_bytes": _fp32_bytes(model), "fp32_model_size_bytes": _fp32_bytes(model)}
+    extra["privacy"] = strategy.privacy.summary()
+    if cfg.privacy.membership_inference:
+        extra["privacy"]["membership"] = measure_leakage(cfg, model, start.fd, strategy.participation, test)
     if cfg.stream.enabled:
         out.write_summary("running", **extra)
         extra["continual"] = run_stream_phase(grid, cfg, strategy, _float_copy(model, start.reference), start.fd,

@@ -39,6 +39,7 @@ from fleet.quant.codecs import Codec
 from fleet.quant.spec import is_quantizer_key
 from fleet.train.schedule import round_window
 from strategies.guard import screen_updates
+from strategies.privacy import PrivacyMonitor
 from strategies.sampling import draw_faults, sample_devices
 
 ROSTER_BATCH = 100  # roster queries in flight at once (see FleetStrategy.discover)
@@ -57,6 +58,7 @@ class RoundLog:
     downlink_bytes: int = 0
     sim_time_s: float = 0.0
     strategy_metrics: dict[str, float] = field(default_factory=dict)  # what the inner strategy reported
+    privacy: dict[str, float | None] = field(default_factory=dict)  # epsilon so far, label-inference AUC
 
 
 class StrategyError(RuntimeError):
@@ -91,13 +93,17 @@ class FleetStrategy(Strategy):
         Applied to each aggregated model (the composition root passes BatchNorm re-estimation on public data).
     round_offset : int
         Rounds already done before this ``start()`` (a resumed run).
+    labels_present : np.ndarray or None
+        Which classes each device holds (scores ``privacy.label-inference``; the simulator's ground truth).
     """
 
     def __init__(self, inner: Strategy, cfg: ScenarioConfig, codec: Codec, qinfo: Any,
                  reference: dict[str, np.ndarray], ref_hash: str, *, state_dir: str = "",
                  refine: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
-                 round_offset: int = 0) -> None:
+                 round_offset: int = 0, labels_present: np.ndarray | None = None) -> None:
         self.inner, self.cfg, self.codec, self.qinfo = inner, cfg, codec, qinfo
+        self.privacy = PrivacyMonitor(cfg, labels_present)
+        self.population = 0  # online devices the round sampled from (the accountant's n)
         self.reference = record_from_numpy(reference)
         self.reference_bytes = self.reference.count_bytes()
         self.ref_hash = ref_hash
@@ -162,6 +168,8 @@ class FleetStrategy(Strategy):
         online &= np.isin(np.arange(len(online)), list(self.nodes))
         want = int(round(self.cfg.federation.devices_per_round * self.cfg.devices.over_selection))
         chosen = sample_devices(online, want, self.cfg.federation.seed, rnd)
+        self.population = int(online.sum())
+        self.privacy.check_budget(rnd, len(chosen), self.population)
         faults = draw_faults(self.cfg.faults, chosen, self.cfg.federation.seed, rnd)
         self.last = RoundLog(rnd, sampled=len(chosen))
         self.pending = {}
@@ -240,16 +248,23 @@ class FleetStrategy(Strategy):
             pending.status, pending.error = "failed", "no reply within federation.round-timeout-s"
             log_.reports.append(pending)
         self.pending = {}
+        self.privacy.charge(log_.sampled, self.population)  # every round with instructions out (conservative)
         self._keep_first(ok, decoded)
-        accepted, rejected = screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
+        accepted, rejected = (screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
+                              if self.cfg.strategy.guard else (sorted(decoded), []))
         for r in rejected:
             ok[r.device].status, ok[r.device].error = "rejected", r.reason
             log(WARNING, "round %d: rejected update of device %d: %s", log_.server_round, r.device, r.reason)
         log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
+        seen = {d: decoded[d] for d in accepted}
+        self.privacy.observe(seen, self.current, sorted(accepted))
+        log_.privacy = self.privacy.take_row()
         if not accepted:
             return None, None
+        noised = self.privacy.top_up(seen, self.current, np.random.default_rng([self.cfg.federation.seed,
+                                                                                 log_.server_round, 0xD9]))
         # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
-        msgs = [_decoded_message(decoded[d], ok[d]) for d in sorted(accepted)]
+        msgs = [_decoded_message(noised[d], ok[d]) for d in sorted(accepted)]
         with self._user_code("aggregate_train"):
             arrays, metrics = self.inner.aggregate_train(server_round, msgs)
         if arrays is not None:
@@ -320,9 +335,11 @@ class FleetStrategy(Strategy):
 
     # -- checkpointing -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"participation": self.participation.copy(), "has_reference": self.has_reference.copy()}
+        return {"participation": self.participation.copy(), "has_reference": self.has_reference.copy(),
+                **self.privacy.state_dict()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.privacy.load_state_dict(state)
         self.participation = np.asarray(state["participation"], dtype=np.int64).copy()
         self.has_reference = np.asarray(state["has_reference"], dtype=bool).copy()
 

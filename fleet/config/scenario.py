@@ -32,6 +32,7 @@ from fleet.config.schema import (
     FederationConfig,
     ModelConfig,
     OutputConfig,
+    PrivacyConfig,
     QuantConfig,
     RayConfig,
     StrategyConfig,
@@ -92,6 +93,7 @@ class ScenarioConfig:
     output: OutputConfig
     faults: FaultsConfig
     stream: StreamConfig
+    privacy: PrivacyConfig
     name: str = "scenario"
 
     def to_flat(self) -> dict[str, Any]:
@@ -193,6 +195,30 @@ def _check_cross(cfg: ScenarioConfig) -> None:
                           "the npz dataset needs data.root (a folder of <name>_train.npz / <name>_test.npz)")
     if cfg.quant.codec == "qweights" and cfg.quant.weight_bits == 32:
         raise ConfigError("quant.codec", "'qweights' needs quant.weight-bits < 32 (the model's own bit-width)")
+    _check_privacy(cfg)
+
+
+def _check_privacy(cfg: ScenarioConfig) -> None:
+    """What differential privacy and secure aggregation need of the rest of the scenario (docs/privacy.md)."""
+    pv = cfg.privacy
+    if pv.dp or pv.secure_aggregation:
+        what = "privacy.dp" if pv.dp else "privacy.secure-aggregation"
+        if cfg.data.public_fraction == 0:
+            raise ConfigError("data.public-fraction", f"{what} needs a public split (> 0): the server calibrates "
+                              "the shared quantization grid and BatchNorm statistics on it, not on device data")
+        if cfg.strategy.bn_stats == "average":
+            raise ConfigError("strategy.bn-stats", f"{what} sends no BatchNorm statistics (they are measured on "
+                              "device data): use 'public'")
+    if pv.secure_aggregation:
+        if cfg.strategy.guard:
+            raise ConfigError("strategy.guard", "the update guard screens individual updates, which secure "
+                              "aggregation hides from the server: set strategy.guard = false")
+        if cfg.quant.codec.startswith("delta-"):
+            raise ConfigError("quant.codec", f"'{cfg.quant.codec}' scales each device's codes by its own maximum, so "
+                              "codes of different devices cannot be summed: use qweights (quantized) or fp32")
+        if cfg.devices.over_selection > 1.0:
+            raise ConfigError("devices.over-selection", "keeping the first finishers needs individual updates, which "
+                              "secure aggregation hides: use 1")
 
 
 def defaults() -> ScenarioConfig:

@@ -229,6 +229,8 @@ class StrategyConfig:
     bn_stats: str = opt("public", "BatchNorm running statistics of the global model: 'average' (FedAvg of the "
                         "devices'), or 'public' (re-estimated on the server's public split after each aggregation; "
                         "averaged when there is none)", choices=("average", "public"))
+    guard: bool = opt(True, "screen each decoded update before aggregation (non-finite values, wrong shapes, a norm "
+                      "over guard-norm-factor times the round median); needs individual updates")
     guard_norm_factor: float = opt(10.0, "reject updates whose norm exceeds this times the round median",
                                    gt=1)
 
@@ -280,6 +282,35 @@ class StreamConfig:
                              ge=1)
 
 
+@dataclass(frozen=True)
+class PrivacyConfig:
+    audit: bool = opt(True, "check every message a device sends: only model or codec arrays no larger than the model, "
+                      "declared report keys (docs/privacy.md); a violation fails the run naming device and key")
+    dp: bool = opt(False, "differential privacy: each device clips its float model update to clip-norm and adds "
+                   "Gaussian noise before encoding it; an accountant reports epsilon every round")
+    clip_norm: float = opt(1.0, "L2 norm C a device's update (weights and biases) is clipped to", gt=0)
+    noise_multiplier: float = opt(1.0, "sigma: the released aggregate's noise std is sigma * clip-norm", ge=0)
+    noise: str = opt("distributed", "where the noise comes from: 'distributed' = each device adds std sigma*C/"
+                     "sqrt(devices-per-round), so the sum carries sigma*C (pair it with secure-aggregation); "
+                     "'local' = each device adds sigma*C, every update private by itself",
+                     choices=("distributed", "local"))
+    delta: float = opt(1e-5, "delta of the reported (epsilon, delta) guarantee", gt=0, lt=1)
+    max_epsilon: float = opt(0.0, "privacy budget: the run stops cleanly before a round would take epsilon past it "
+                             "(0 = no budget)", ge=0)
+    secure_aggregation: bool = opt(False, "SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod): the server only "
+                                   "ever sees the sum of the round's updates, summed exactly as integers")
+    secagg_shares: float = opt(1.0, "SecAgg+ key shares per device, as a share of the round's devices", gt=0, le=1)
+    secagg_threshold: float = opt(0.5, "SecAgg+ shares needed to reconstruct a dropped device's mask, as a share "
+                                  "of the key shares", gt=0, le=1)
+    membership_inference: bool = opt(True, "attack the final model: loss threshold and offline LiRA (members: the "
+                                     "devices' training data; non-members: the test split); in summary.json and the "
+                                     "report")
+    shadow_models: int = opt(4, "LiRA shadow models, trained on the server's public split (0 = the loss attack only)",
+                             ge=0)
+    label_inference: bool = opt(False, "an honest-but-curious server infers each device's labels from what it sees "
+                                "of the update (one device's, or only the sum under secure-aggregation); AUC per round")
+
+
 SECTIONS: dict[str, type] = {
     "federation": FederationConfig,
     "data": DataConfig,
@@ -293,4 +324,5 @@ SECTIONS: dict[str, type] = {
     "output": OutputConfig,
     "faults": FaultsConfig,
     "stream": StreamConfig,
+    "privacy": PrivacyConfig,
 }

@@ -156,6 +156,7 @@ class RunDir:
             "device_accuracy_mean": float(np.mean(accs)) if accs else None,
             "device_accuracy_p10": float(np.percentile(accs, 10)) if accs else None,
             **{f"{STRATEGY_PREFIX}{k}": _finite(v) for k, v in sorted(rl.strategy_metrics.items())},
+            **rl.privacy,
         }
         self.append("rounds.jsonl", [row])
         self.totals.update({"uplink_bytes": rl.uplink_bytes, "downlink_bytes": rl.downlink_bytes,
