@@ -72,9 +72,36 @@ def _handle_train(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
             save_device_state(ins.state_dir, ins.device, ins.server_round, out.state)
     else:
         context.state[P.STATE_ARRAYS] = record_from_numpy(out.state)
+    if cfg.privacy.secure_aggregation:  # SecAgg+ masks what this returns (see _secagg_when_asked)
+        return Message(_secure_reply(cfg, ins, out.payload, out.report, global_arrays), reply_to=msg)
     metrics, report = out.report.to_records()
     arrays = record_from_numpy(out.payload)
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics, P.REPORT: report}), reply_to=msg)
+
+
+def _secure_reply(cfg: ScenarioConfig, ins: P.DeviceInstruction, payload: dict[str, np.ndarray],
+                  report: P.DeviceReport, global_arrays: dict[str, np.ndarray]) -> RecordDict:
+    """The update as SecAgg+'s integer vector (zeros, weight 0, for a device that did not train)."""
+    from fleet.privacy import secagg
+
+    qinfo = (artifacts.quant_info_at(cfg, ins.ref_hash, None, ins.weight_bits, ins.act_bits)
+             if cfg.quant.codec == "qweights" else None)  # codes on the shared grid; else fixed point
+    if report.status == "ok" and payload:
+        rng = np.random.default_rng([cfg.federation.seed, ins.device, ins.server_round, 8])
+        ints = secagg.to_integers(payload, global_arrays, qinfo, rng)
+    else:
+        ints = [np.zeros(np.shape(global_arrays[k]), np.int64) for k in sorted(global_arrays)]
+    return secagg.fitres_content(report, ints)
+
+
+def _secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of its protocol; every other message goes straight on."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in msg.content:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
 
 
 def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Message:
@@ -110,7 +137,7 @@ def make_client_app(flat_config: Mapping[str, Any] | None = None) -> ClientApp:
     has torch loaded); a partial of an importable function pickles by reference.
     """
     bound = dict(flat_config) if flat_config is not None else None
-    client = ClientApp()
+    client = ClientApp(mods=[_secagg_when_asked])
     client.train()(functools.partial(_train, bound))
     client.query()(functools.partial(_query, bound))
     return client

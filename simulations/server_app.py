@@ -49,6 +49,7 @@ from simulations.store.results import RunDir, new_run_dir
 from strategies.audit import AuditedGrid
 from strategies.loader import load_strategy
 from strategies.privacy import BudgetExhausted
+from strategies.secagg import SecureGrid
 from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,12 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
 
 
 def _wrap_grid(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, initial: dict[str, np.ndarray]) -> Grid:
-    """The grid the run talks through: every device reply audited (``privacy.audit``)."""
-    if not cfg.privacy.audit:
-        return grid
-    audit = MessageAudit.for_model(initial, max_list=cfg.stream.tasks)
-    return AuditedGrid(grid, audit, lambda node: str(strategy.roster.get(node, f"on node {node}")))
+    """The grid the run talks through: every device reply audited (``privacy.audit``), training rounds run as
+    SecAgg+ rounds (``privacy.secure-aggregation``) over the audited grid, so the audit sees every stage."""
+    if cfg.privacy.audit:
+        audit = MessageAudit.for_model(initial, max_list=cfg.stream.tasks)
+        grid = AuditedGrid(grid, audit, lambda node: str(strategy.roster.get(node, f"on node {node}")))
+    return SecureGrid(grid, cfg) if cfg.privacy.secure_aggregation else grid
 
 
 def _open_run_dir(out: RunDir, run_dir: Path, cfg_hash: str, resume: bool) -> Checkpoint | None:

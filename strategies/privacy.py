@@ -66,13 +66,16 @@ class PrivacyMonitor:
         if eps.worst > budget:
             raise BudgetExhausted(server_round, eps, budget)
 
-    def top_up(self, updates: Mapping[int, State], base: State, rng: np.random.Generator) -> dict[int, State]:
-        """The accepted (decoded) updates with the server's share of the noise when fewer than planned came."""
+    def top_up(self, updates: Mapping[int, State], base: State, rng: np.random.Generator,
+               count: int | None = None) -> dict[int, State]:
+        """The accepted (decoded) updates with the server's share of the noise when fewer than planned came.
+        ``count``: the updates are one mean of ``count`` devices' (secure aggregation), not one per device."""
         pv = self.cfg.privacy
-        m, k = self.cfg.federation.devices_per_round, len(updates)
+        m, k = self.cfg.federation.devices_per_round, count if count is not None else len(updates)
         if not pv.dp or pv.noise != "distributed" or k == 0 or k >= m or pv.noise_multiplier == 0:
             return dict(updates)
-        std = pv.noise_multiplier * pv.clip_norm * math.sqrt((m - k) / m) / math.sqrt(k)  # per update: sums to it
+        missing = pv.noise_multiplier * pv.clip_norm * math.sqrt((m - k) / m)  # std the sum lacks
+        std = missing / k if count is not None else missing / math.sqrt(k)  # on the mean, or on each update
         keys = private_keys(base)
         out = {}
         for dev in sorted(updates):

@@ -40,6 +40,7 @@ from fleet.quant.spec import is_quantizer_key
 from fleet.train.schedule import round_window
 from strategies.guard import screen_updates
 from strategies.privacy import PrivacyMonitor
+from strategies.secagg import decode_mean, secure_mean
 from strategies.sampling import draw_faults, sample_devices
 
 ROSTER_BATCH = 100  # roster queries in flight at once (see FleetStrategy.discover)
@@ -220,6 +221,7 @@ class FleetStrategy(Strategy):
         log_ = self.last
         decoded: dict[int, dict[str, np.ndarray]] = {}
         ok: dict[int, P.DeviceReport] = {}
+        secure: tuple[dict[str, np.ndarray], int] | None = None
         for msg in replies:
             node = msg.metadata.src_node_id
             pending = self.pending.pop(node, None)
@@ -237,6 +239,10 @@ class FleetStrategy(Strategy):
             if rep.status != "ok":
                 continue
             log_.uplink_bytes += rep.uplink_bytes
+            if self.cfg.privacy.secure_aggregation:  # no update of its own: the first reply holds the sum
+                secure = secure_mean(msg.content) or secure
+                ok[rep.device] = rep
+                continue
             payload = record_to_numpy(P.record(msg.content, P.ARRAYS, ArrayRecord))
             try:
                 decoded[rep.device] = self._decode(payload, rep.bits)
@@ -249,6 +255,12 @@ class FleetStrategy(Strategy):
             log_.reports.append(pending)
         self.pending = {}
         self.privacy.charge(log_.sampled, self.population)  # every round with instructions out (conservative)
+        trained = sorted(ok)  # the devices whose training the aggregate reflects (label inference scores them)
+        if secure is not None:  # one decoded "update": the mean, weighted by how many it stands for
+            mean, count = secure
+            decoded = {-1: decode_mean(mean, self.current, self.cfg, self.qinfo)}
+            ok = {-1: P.DeviceReport(device=-1, weight=float(count), bits=self.cfg.quant.weight_bits,
+                                     sim_time_s=max(r.sim_time_s for r in ok.values()))}
         self._keep_first(ok, decoded)
         accepted, rejected = (screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
                               if self.cfg.strategy.guard else (sorted(decoded), []))
@@ -257,12 +269,13 @@ class FleetStrategy(Strategy):
             log(WARNING, "round %d: rejected update of device %d: %s", log_.server_round, r.device, r.reason)
         log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
         seen = {d: decoded[d] for d in accepted}
-        self.privacy.observe(seen, self.current, sorted(accepted))
+        self.privacy.observe(seen, self.current, [d for d in trained if d in accepted or -1 in accepted])
         log_.privacy = self.privacy.take_row()
         if not accepted:
             return None, None
         noised = self.privacy.top_up(seen, self.current, np.random.default_rng([self.cfg.federation.seed,
-                                                                                 log_.server_round, 0xD9]))
+                                                                                 log_.server_round, 0xD9]),
+                                     count=int(ok[-1].weight) if -1 in ok else None)
         # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
         msgs = [_decoded_message(noised[d], ok[d]) for d in sorted(accepted)]
         with self._user_code("aggregate_train"):

@@ -30,6 +30,7 @@ from fleet.quant.codecs import CODES_SUFFIX, SCALE_SUFFIX
 
 __all__ = ["AuditError", "MessageAudit", "MAX_STRING", "EXTRA_PREFIX"]
 
+_FITRES = "fitres."  # Flower's legacy FitRes records (SecAgg+'s training stage)
 MAX_STRING = 500  # characters of one report string (an error line is cut to fit)
 EXTRA_PREFIX = "x-"
 
@@ -83,7 +84,9 @@ class MessageAudit:
         total = 0
         for name, rec in content.items():
             where = f"privacy audit: device {device} sent"
-            if isinstance(rec, ArrayRecord):
+            if name.startswith(_FITRES):
+                self._check_fitres(rec, name, numbers, strings, where)
+            elif isinstance(rec, ArrayRecord):
                 if name != P.ARRAYS:
                     raise AuditError(f"{where} an array record '{name}' (only '{P.ARRAYS}' may hold arrays)")
                 total += self._check_arrays(rec, where)
@@ -132,6 +135,26 @@ class MessageAudit:
                 raise AuditError(f"{where} report field '{key}' of {len(value)} characters (at most {MAX_STRING})")
             if isinstance(value, list):
                 raise AuditError(f"{where} report field '{key}' as a list")
+
+    def _check_fitres(self, rec: object, name: str, numbers: frozenset[str], strings: frozenset[str],
+                      where: str) -> None:
+        """The stage of SecAgg+ that trains answers in the legacy FitRes form: the report flattened into
+        ``fitres.metrics`` (``n:``/``s:`` keys), the weight, the status; the masked vector rides in SecAgg+'s
+        own record and the parameters record arrives emptied."""
+        from fleet.privacy.secagg import NUMBER_PREFIX, STRING_PREFIX
+
+        allowed = {f"{_FITRES}metrics": {NUMBER_PREFIX + k for k in numbers} | {STRING_PREFIX + k for k in strings},
+                   f"{_FITRES}num_examples": {"num_examples"}, f"{_FITRES}status": {"code", "message"},
+                   f"{_FITRES}parameters": set()}
+        keys = allowed.get(name)
+        if keys is None:
+            raise AuditError(f"{where} a record '{name}', which the protocol does not send")
+        for key in rec.keys():  # type: ignore[attr-defined]
+            if key not in keys and not key.startswith(NUMBER_PREFIX + EXTRA_PREFIX):
+                raise AuditError(f"{where} '{name}' field '{key}', which is not a declared report key")
+            value = rec[key]  # type: ignore[index]
+            if isinstance(value, str) and len(value) > MAX_STRING:
+                raise AuditError(f"{where} '{name}' field '{key}' of {len(value)} characters (at most {MAX_STRING})")
 
     def _check_secagg(self, rec: ConfigRecord, where: str) -> None:
         """SecAgg+'s stage answers: public keys, encrypted shares, the masked vector (int64 per element)."""
