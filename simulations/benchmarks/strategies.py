@@ -41,6 +41,7 @@ computed once per process (`_memo_reference`), as it is identical for every run 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -55,7 +56,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
@@ -151,18 +152,33 @@ class LocalGrid(Grid):
         raise NotImplementedError("use send_and_receive")
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Deliver each message to its node's ClientApp and return the replies (``timeout`` unused)."""
+        """Deliver each message to its node's ClientApp and return the replies (``timeout`` unused).
+
+        Each node gets its own copy of the content, as after a real transport: SecAgg+ sends one record to
+        every node, and its client mod consumes keys of what it receives."""
         replies = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            delivered = _copied(msg)
             try:
-                reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+                reply = self.client_app(delivered, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # noqa: BLE001 - a device failure is a reply, as in Flower
                 reason = f"{type(exc)}:<'{exc}'>"
                 reply = Message(Error(code=0, reason=reason + traceback.format_exc(limit=2)), reply_to=msg)
             reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             replies.append(reply)
         return replies
+
+
+def _copied(msg: Message) -> Message:
+    """``msg`` with its config and metric records copied (its arrays shared: a device does not write into the
+    arrays it received)."""
+    content = RecordDict({k: rec if isinstance(rec, ArrayRecord) else copy.deepcopy(rec)
+                          for k, rec in msg.content.items()})
+    out = Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type,
+                  group_id=msg.metadata.group_id)
+    out.metadata.__dict__.update(msg.metadata.__dict__)
+    return out
 
 
 @contextmanager
