@@ -11,6 +11,7 @@ small dict of numpy arrays; the caller keeps it between rounds.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from fleet import artifacts
+from fleet import protocol as P
 from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext, Selector
 from fleet.coreset.persistence import select_or_reuse
@@ -223,7 +225,7 @@ def _train(rnd: _Round, model: nn.Module, core: _Coreset, batch: int, max_steps:
         new_state.update(result.opt_state)
     rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
     if clc:
-        rep.extra = {"kd-clc-ratio": result.kd_clc_ratio, "clc-beta": result.beta}
+        rep.extra = dict(zip(P.REPORT_EXTRAS, (result.kd_clc_ratio, result.beta), strict=True))
     return new_state
 
 
@@ -232,7 +234,10 @@ def _upload(rnd: _Round, model: nn.Module, global_arrays: dict[str, np.ndarray])
     cfg, ins = rnd.cfg, rnd.ins
     codec = scenario_codec(cfg)
     qinfo = artifacts.quant_info_at(cfg, ins.ref_hash, rnd.reference, ins.weight_bits, ins.act_bits)
-    state = outgoing_state(cfg, artifacts.upload_state(model, global_arrays), global_arrays, rnd.rng(7))
+    # DP noise from the OS's entropy, never from the run's seed: a server that knows the seed could regenerate
+    # and subtract it. Runs with privacy.dp therefore differ from run to run (docs/privacy.md).
+    noise_rng = np.random.default_rng(secrets.randbits(128)) if cfg.privacy.dp else rnd.rng(7)
+    state = outgoing_state(cfg, artifacts.upload_state(model, global_arrays), global_arrays, noise_rng)
     payload = codec.encode(state, global_arrays, rnd.rng(4), qinfo)
     payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, rnd.rng(5),
                                            cfg.faults.corrupt_form)

@@ -37,7 +37,7 @@ BFN = "bfn"  # the bit-flipping networks' state
 
 __all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
            "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "ASK", "ASK_ROSTER", "ASK_STREAM", "DEVICE",
-           "PROFILE", "CORE", "BFN", "record", "scalar"]
+           "PROFILE", "CORE", "BFN", "REPORT_EXTRAS", "record", "scalar"]
 
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 Scalar = int | float | str | bytes | bool  # what a Flower record holds besides lists
@@ -95,6 +95,8 @@ class DeviceInstruction:
 
 
 _REPORT_STRINGS = ("status", "profile", "method", "fault", "error")
+#: The numbers a device may add to its report's ``extra`` (sent as ``x-<name>``): CLC's logged ratio and beta.
+REPORT_EXTRAS = ("kd-clc-ratio", "clc-beta")
 
 
 @dataclass

@@ -49,7 +49,7 @@ from simulations.store.results import RunDir, new_run_dir
 from strategies.audit import AuditedGrid
 from strategies.loader import load_strategy
 from strategies.privacy import BudgetExhausted
-from strategies.secagg import SecureGrid
+from strategies.secagg import SecureGrid, check_secure_strategy
 from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
     cfg_hash = config_hash(cfg.to_flat())
     ckpt = _open_run_dir(out, run_dir, cfg_hash, resume)
     start = _global_start(cfg, out, ckpt)
+    check_secure_strategy(cfg)
     inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
     strategy = _fleet_strategy(cfg, inner, start, run_dir, ckpt)
     grid = _wrap_grid(grid, cfg, strategy, start.initial)

@@ -54,6 +54,9 @@ RESERVED_KWARGS: frozenset[str] = frozenset(
     }
 )
 
+#: Built-ins that need each device's update, not only their sum (refused under secure aggregation).
+NEEDS_INDIVIDUAL_UPDATES = frozenset({"median", "trimmed-mean", "krum", "bit-aware"})
+
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,

@@ -27,7 +27,7 @@ from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.config.scenario import ScenarioConfig
 from fleet.privacy import secagg
 
-__all__ = ["SecureGrid", "SECURE_SUM", "SECURE_COUNT"]
+__all__ = ["SecureGrid", "SECURE_SUM", "SECURE_COUNT", "check_secure_strategy", "secure_mean", "decode_mean"]
 
 SECURE_SUM = "secure-mean"  # reply record: the mean of the devices' integer vectors (float64), sorted keys
 SECURE_COUNT = "secure-count"  # how many devices' vectors the mean is over
@@ -195,6 +195,17 @@ def _nbytes(rec: Any) -> int:
 
 def _error(msg: Message, reason: str) -> Message:
     return Message(Error(code=0, reason=reason), reply_to=msg)
+
+
+def check_secure_strategy(cfg: ScenarioConfig) -> None:
+    """Refuse, in one line, a strategy that needs individual updates under secure aggregation."""
+    from fleet.config.schema import ConfigError
+    from strategies.registry import NEEDS_INDIVIDUAL_UPDATES
+
+    if cfg.privacy.secure_aggregation and cfg.strategy.name in NEEDS_INDIVIDUAL_UPDATES:
+        raise ConfigError("strategy.name", f"'{cfg.strategy.name}' compares individual updates, which secure "
+                          "aggregation hides from the server (it sees only their sum): use fedavg, fedprox, "
+                          "fedadam, fedyogi or fedavgm")
 
 
 def secure_mean(content: RecordDict) -> tuple[dict[str, np.ndarray], int] | None:

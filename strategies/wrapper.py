@@ -40,8 +40,8 @@ from fleet.quant.spec import is_quantizer_key
 from fleet.train.schedule import round_window
 from strategies.guard import screen_updates
 from strategies.privacy import PrivacyMonitor
-from strategies.secagg import decode_mean, secure_mean
 from strategies.sampling import draw_faults, sample_devices
+from strategies.secagg import decode_mean, secure_mean
 
 ROSTER_BATCH = 100  # roster queries in flight at once (see FleetStrategy.discover)
 

@@ -40,8 +40,8 @@ class AuditError(RuntimeError):
 
 
 def _report_keys() -> tuple[frozenset[str], frozenset[str]]:
-    """(number keys, string keys) of a device report, from the protocol's dataclass."""
-    metrics, report = P.DeviceReport(device=0).to_records()
+    """(number keys, string keys) of a device report, from the protocol's dataclass and declared extras."""
+    metrics, report = P.DeviceReport(device=0, extra=dict.fromkeys(P.REPORT_EXTRAS, 0.0)).to_records()
     return frozenset(metrics), frozenset(report)
 
 
@@ -91,7 +91,8 @@ class MessageAudit:
                     raise AuditError(f"{where} an array record '{name}' (only '{P.ARRAYS}' may hold arrays)")
                 total += self._check_arrays(rec, where)
             elif isinstance(rec, MetricRecord):
-                self._check_metrics(rec, name, numbers, where)
+                # lists only in the continual phase's answer, which carries nothing else
+                self._check_metrics(rec, name, numbers, where, lists=len(content) == 1)
             elif isinstance(rec, ConfigRecord):
                 self._check_config(rec, name, strings, where)
             else:
@@ -112,14 +113,17 @@ class MessageAudit:
             total += nbytes
         return total
 
-    def _check_metrics(self, rec: MetricRecord, name: str, numbers: frozenset[str], where: str) -> None:
+    def _check_metrics(self, rec: MetricRecord, name: str, numbers: frozenset[str], where: str, *,
+                       lists: bool) -> None:
         if name != P.METRICS:
             raise AuditError(f"{where} a metric record '{name}' (only '{P.METRICS}' may hold numbers)")
         for key, value in rec.items():
             if isinstance(value, list):
+                if not lists:
+                    raise AuditError(f"{where} metric '{key}' as a list (only the continual phase answers lists)")
                 if len(value) > self.max_list:
                     raise AuditError(f"{where} metric '{key}' with {len(value)} values (at most {self.max_list})")
-            elif key not in numbers and not key.startswith(EXTRA_PREFIX):
+            elif key not in numbers:
                 raise AuditError(f"{where} metric '{key}', which is not a declared report key")
 
     def _check_config(self, rec: ConfigRecord, name: str, strings: frozenset[str], where: str) -> None:
@@ -150,7 +154,7 @@ class MessageAudit:
         if keys is None:
             raise AuditError(f"{where} a record '{name}', which the protocol does not send")
         for key in rec.keys():  # type: ignore[attr-defined]
-            if key not in keys and not key.startswith(NUMBER_PREFIX + EXTRA_PREFIX):
+            if key not in keys:
                 raise AuditError(f"{where} '{name}' field '{key}', which is not a declared report key")
             value = rec[key]  # type: ignore[index]
             if isinstance(value, str) and len(value) > MAX_STRING:

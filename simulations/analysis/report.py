@@ -238,11 +238,33 @@ def key_numbers(run: Run, settings: ReportSettings | None = None) -> list[tuple[
         ratio = (f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})"
                  if fp32 and fp32 > size else "")
         rows.append(("Model size", fmt_bytes(size) + ratio))
+    rows += privacy_rows(s)
     for label, key in (("Coreset method", "coreset_method"),
                        ("Coreset fraction", "coreset_fraction"), ("Strategy", "strategy"),
                        ("Uplink codec", "codec"), ("Seed", "seed")):
         if key in s:
             rows.append((label, str(s[key])))
+    return rows
+
+
+def privacy_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's guarantee and measured leakage (docs/privacy.md), from ``summary.json``'s ``privacy``."""
+    pv = s.get("privacy") or {}
+    rows: list[tuple[str, str]] = []
+    if pv.get("dp"):
+        rows.append((f"Differential privacy (sigma {pv.get('noise_multiplier')}, clip {pv.get('clip_norm')}, "
+                     f"{pv.get('noise')} noise, delta {pv.get('delta')})",
+                     f"epsilon {_num(pv.get('epsilon_pld'), digits=2)} (PLD, Poisson, add/remove) / "
+                     f"{_num(pv.get('epsilon_rdp'), digits=2)} (RDP, without replacement, replace-one)"))
+    if pv:
+        rows.append(("Secure aggregation / message audit", f"{'on' if pv.get('secure_aggregation') else 'off'} / "
+                     f"{'on' if pv.get('audit') else 'off'}"))
+    for name, res in (pv.get("membership") or {}).items():
+        if isinstance(res, dict) and "auc" in res:
+            rows.append((f"Membership inference, {name} ({res.get('members')} members)",
+                         f"AUC {res['auc']:.3f}, TPR at 1% FPR {100 * res['tpr_at_1pct_fpr']:.1f}%"))
+    if s.get("stopped"):
+        rows.append(("Stopped early", str(s["stopped"])))
     return rows
 
 

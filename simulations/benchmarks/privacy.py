@@ -8,7 +8,7 @@ round time. Runs go through the ServerApp and ClientApp on an in-process grid (n
 timings, one process: the 2 cores here), one run at a time, resumable: finished cells are kept in
 ``results/privacy.json`` and skipped.
 
-    python -m simulations.benchmarks.privacy            # the grid (about 15 min here)
+    python -m simulations.benchmarks.privacy            # the grid (about 20 min here)
     python -m simulations.benchmarks.privacy --quick    # digits, 8 devices, 2 rounds: the smoke test
 """
 
@@ -31,11 +31,11 @@ CLIP = 0.5
 SIGMAS: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)
 BITS: tuple[int, ...] = (4, 2)
 FULL: dict[str, object] = {
-    "federation.num-devices": 100, "federation.devices-per-round": 10, "federation.rounds": 10,
+    "federation.num-devices": 100, "federation.devices-per-round": 10, "federation.rounds": 5,
     "data.dataset": "npz", "data.root": str(SHARED_DATA / "mnist"), "data.alpha": 0.5, "data.test-limit": 2000,
-    "model.arch": "cnn", "model.pretrain-epochs": 5, "quant.codec": "qweights",
+    "model.arch": "mlp", "model.pretrain-epochs": 5, "quant.codec": "qweights",
     "coreset.method": "quarc", "coreset.fraction": 0.1, "train.local-epochs": 1, "strategy.guard": False,
-    "privacy.clip-norm": CLIP, "privacy.delta": 1e-5, "privacy.shadow-models": 4,
+    "privacy.clip-norm": CLIP, "privacy.delta": 1e-5, "privacy.shadow-models": 4, "privacy.label-inference": True,
 }
 QUICK: dict[str, object] = {
     **FULL, "federation.num-devices": 8, "federation.devices-per-round": 4, "federation.rounds": 2,
@@ -47,6 +47,8 @@ QUICK: dict[str, object] = {
 def cells(base: dict[str, object], sigmas: tuple[float, ...]) -> list[tuple[str, dict[str, object]]]:
     """(name, overrides) of every run, in the order they run."""
     out: list[tuple[str, dict[str, object]]] = []
+    fp32 = {"quant.weight-bits": 32, "quant.act-bits": 32, "quant.codec": "fp32"}
+    out += [("FP32 no-dp", {**base, **fp32}), ("FP32 secagg", {**base, **fp32, "privacy.secure-aggregation": True})]
     for b in BITS:
         width = {"quant.weight-bits": b, "quant.act-bits": b}
         out.append((f"W{b}A{b} no-dp", {**base, **width}))
@@ -71,6 +73,7 @@ def run_cell(name: str, flat: dict[str, object], run_dir: Path) -> dict[str, Any
         "mia_loss_auc": member.get("loss-threshold", {}).get("auc"),
         "mia_lira_auc": member.get("lira-offline", {}).get("auc"),
         "mia_lira_tpr_at_1pct_fpr": member.get("lira-offline", {}).get("tpr_at_1pct_fpr"),
+        "label_inference_auc": _mean([r.get("label_inference_auc") for r in rounds]),
         "round_wall_s": [r["wall_s"] for r in rounds],
         "uplink_bytes_per_device_round": (summary.get("uplink_bytes", 0) or 0)
         / max(summary.get("device_rounds_completed") or 1, 1),
@@ -105,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
 def _line(c: dict[str, Any]) -> str:
     return (f"{c['name']:<22} acc {100 * (c['final_accuracy'] or 0):5.1f}%  eps rdp {_num(c['epsilon_rdp'])} "
             f"pld {_num(c['epsilon_pld'])}  MIA auc loss {_num(c['mia_loss_auc'])} lira {_num(c['mia_lira_auc'])}  "
-            f"round {_median(c['round_wall_s']):.2f} s  up {c['uplink_bytes_per_device_round'] / 1e3:.1f} kB")
+            f"labels {_num(c.get('label_inference_auc'))}  round {_median(c['round_wall_s']):.2f} s  "
+            f"up {c['uplink_bytes_per_device_round'] / 1e3:.1f} kB")
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def _num(v: float | None) -> str:
@@ -120,11 +129,13 @@ def _median(xs: list[float]) -> float:
 def table(results: list[dict[str, Any]]) -> str:
     """The Markdown table of docs/benchmarks.md."""
     lines = ["| run | accuracy | epsilon RDP | epsilon PLD | MIA AUC loss | MIA AUC LiRA | LiRA TPR@1%FPR | "
-             "median round s | uplink kB/device-round |", "|---|---|---|---|---|---|---|---|---|"]
+             "label inference AUC | median round s | uplink kB/device-round |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in results:
         lines.append(f"| {c['name']} | {100 * (c['final_accuracy'] or 0):.2f}% | {_num(c['epsilon_rdp'])} | "
                      f"{_num(c['epsilon_pld'])} | {_num(c['mia_loss_auc'])} | {_num(c['mia_lira_auc'])} | "
-                     f"{_num(c['mia_lira_tpr_at_1pct_fpr'])} | {_median(c['round_wall_s']):.2f} | "
+                     f"{_num(c['mia_lira_tpr_at_1pct_fpr'])} | {_num(c.get('label_inference_auc'))} | "
+                     f"{_median(c['round_wall_s']):.2f} | "
                      f"{c['uplink_bytes_per_device_round'] / 1e3:.1f} |")
     return "\n".join(lines)
 

@@ -58,8 +58,10 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     from fleet.train.losses import FeatureTaps, clc_layer_names
     from simulations.store.tracking import tensorboard_available
     from strategies.loader import load_strategy
+    from strategies.secagg import check_secure_strategy
 
     warnings: list[str] = []
+    check_secure_strategy(cfg)
     if cfg.output.tensorboard and not tensorboard_available():
         raise ConfigError("output.tensorboard", "needs the tensorboard package: pip install 'edgefleet[tensorboard]'")
     try:
