@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -29,7 +29,8 @@ class AuditedGrid(Grid):
         out = list(replies)
         for msg in out:
             if not msg.has_error():
-                self.audit.check(msg.content, self.name_of(msg.metadata.src_node_id))
+                self.audit.check(msg.content, self.name_of(msg.metadata.src_node_id),
+                                 query=msg.metadata.message_type == MessageType.QUERY)
                 self.checked += 1
         return out
 

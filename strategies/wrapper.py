@@ -16,6 +16,7 @@ Flower Message-API strategy (built-in or the user's), as Flower's DP wrappers do
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -273,8 +274,8 @@ class FleetStrategy(Strategy):
         log_.privacy = self.privacy.take_row()
         if not accepted:
             return None, None
-        noised = self.privacy.top_up(seen, self.current, np.random.default_rng([self.cfg.federation.seed,
-                                                                                 log_.server_round, 0xD9]),
+        # the server's noise from the OS's entropy too: whoever holds config.toml must not be able to remove it
+        noised = self.privacy.top_up(seen, self.current, np.random.default_rng(secrets.randbits(128)),
                                      count=int(ok[-1].weight) if -1 in ok else None)
         # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
         msgs = [_decoded_message(noised[d], ok[d]) for d in sorted(accepted)]

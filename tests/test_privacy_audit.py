@@ -85,9 +85,12 @@ def test_well_formed_train_reply_passes(model: tuple[State, State, QuantInfo], c
 def test_roster_and_stream_answers_pass(model: tuple[State, State, QuantInfo]) -> None:
     audit = MessageAudit.for_model(model[0], max_list=5)
     audit.check(RecordDict({P.REPORT: ConfigRecord({P.DEVICE: 3})}), DEVICE)
-    audit.check(RecordDict({P.METRICS: MetricRecord({"accuracy": [0.1] * 5, "loss": [1.0] * 5, P.DEVICE: 3})}),
-                DEVICE)
-    _raises(audit, RecordDict({P.METRICS: MetricRecord({"accuracy": [0.1] * 6})}), "'accuracy'", "6 values")
+    stream = RecordDict({P.METRICS: MetricRecord({"accuracy_task": [0.1] * 5, "sim_time_s": [1.0] * 5, P.DEVICE: 3})})
+    audit.check(stream, DEVICE, query=True)  # the continual phase's answer to a query
+    with pytest.raises(AuditError, match="as a list"):
+        audit.check(stream, DEVICE)  # the same lists in a train reply
+    with pytest.raises(AuditError, match="6 values"):
+        audit.check(RecordDict({P.METRICS: MetricRecord({"accuracy_task": [0.1] * 6})}), DEVICE, query=True)
 
 
 def test_report_string_at_the_limit_passes(model: tuple[State, State, QuantInfo]) -> None:
@@ -171,13 +174,8 @@ def test_metric_or_config_record_under_another_name_fails(model: tuple[State, St
     _raises(audit, content, "'side-channel'")
 
 
-BUG_EXTRAS = ("fleet/privacy/audit.py MessageAudit._check_metrics: any number of 'x-' keys passes (the prefix is "
-              "all that is checked, not the declared extras kd-clc-ratio / clc-beta, and there is no size bound), "
-              "so a device's raw pixels pass as x-0 ... x-N")
-BUG_LISTS = ("fleet/privacy/audit.py MessageAudit._check_metrics: a list value is checked for length only, never "
-             "for its key, so any number of undeclared lists (each <= max_list = stream.tasks values) pass in a "
-             "train reply")
-
+# Raw data as numbers: extras are only the declared ones (fleet.protocol.REPORT_EXTRAS), lists only in the
+# continual phase's answer.
 
 
 def test_raw_data_smuggled_as_extra_metrics_fails(model: tuple[State, State, QuantInfo]) -> None:
@@ -189,13 +187,29 @@ def test_raw_data_smuggled_as_extra_metrics_fails(model: tuple[State, State, Qua
     _raises(audit, content, "'x-")
 
 
-
 def test_raw_data_smuggled_as_metric_lists_fails(model: tuple[State, State, QuantInfo]) -> None:
     audit = MessageAudit.for_model(model[0], max_list=10)  # what a run uses: stream.tasks (default 10)
     content = _reply(_payload(model))
     pixels = _digits(10).ravel()
     for i in range(0, len(pixels), 10):
         content[P.METRICS][f"image-{i // 10}"] = [float(v) for v in pixels[i:i + 10]]
+    _raises(audit, content, "'image-")
+
+
+BUG_METRICS_ONLY = (
+    "fleet/privacy/audit.py MessageAudit.check: lists are allowed whenever the message holds one record "
+    "(lists=len(content) == 1), and _check_metrics then checks only their length, never their key nor how many "
+    "there are: a reply {'metrics': MetricRecord({'image-0': [10 pixels], ..., 'image-63': [...]})} passes, as a "
+    "train reply or as the continual answer; the stream answer's keys are fixed (TaskMetrics fields, sim_time_s, "
+    "energy_j, device) and AuditedGrid knows the message type")
+
+
+
+def test_raw_data_as_a_metrics_only_reply_fails(model: tuple[State, State, QuantInfo]) -> None:
+    audit = MessageAudit.for_model(model[0], max_list=10)
+    pixels = _digits(10).ravel()  # 640 raw pixel values of the device's data, as 64 lists of 10
+    content = RecordDict({P.METRICS: MetricRecord({f"image-{i // 10}": [float(v) for v in pixels[i:i + 10]]
+                                                   for i in range(0, len(pixels), 10)})})
     _raises(audit, content, "'image-")
 
 

@@ -229,13 +229,6 @@ class _SpyGrid(LocalGrid):
         return replies
 
 
-BUG_NOISE = ("fleet/device.py _upload: the DP noise comes from rnd.rng(7) = default_rng([federation.seed, device, "
-             "server_round, 7]), all known to the server, which regenerates it and subtracts it: the received update "
-             "minus that noise is exactly the clipped update (norm C), so the devices' own noise does not protect "
-             "them from the server (strategies/privacy.py docstring; 'local' noise is void)")
-
-
-
 def test_server_cannot_strip_a_devices_noise_from_the_config(tmp_path: Path, cache: Path) -> None:
     # Prepare: local noise (each update private by itself), fp32 so the server sees the noised update exactly
     flat = _flat(cache, **{"quant.codec": "fp32", "privacy.noise": "local", "federation.rounds": 1,

@@ -78,8 +78,9 @@ class MessageAudit:
             total += fp32 + 4 * channels
         return cls(limits, total, max_list)
 
-    def check(self, content: RecordDict, device: str) -> None:
-        """Raise :class:`AuditError` unless ``content`` (one message a device sent) follows the rules."""
+    def check(self, content: RecordDict, device: str, *, query: bool = False) -> None:
+        """Raise :class:`AuditError` unless ``content`` (one message a device sent) follows the rules;
+        ``query``: it answers a query (only there may metrics be lists: the continual phase's per-task rows)."""
         numbers, strings = _report_keys()
         total = 0
         for name, rec in content.items():
@@ -92,7 +93,7 @@ class MessageAudit:
                 total += self._check_arrays(rec, where)
             elif isinstance(rec, MetricRecord):
                 # lists only in the continual phase's answer, which carries nothing else
-                self._check_metrics(rec, name, numbers, where, lists=len(content) == 1)
+                self._check_metrics(rec, name, numbers, where, lists=query and len(content) == 1)
             elif isinstance(rec, ConfigRecord):
                 self._check_config(rec, name, strings, where)
             else:
@@ -121,6 +122,8 @@ class MessageAudit:
             if isinstance(value, list):
                 if not lists:
                     raise AuditError(f"{where} metric '{key}' as a list (only the continual phase answers lists)")
+                if key not in _stream_keys():
+                    raise AuditError(f"{where} metric '{key}', which is not a declared continual-phase key")
                 if len(value) > self.max_list:
                     raise AuditError(f"{where} metric '{key}' with {len(value)} values (at most {self.max_list})")
             elif key not in numbers:
@@ -174,6 +177,15 @@ class MessageAudit:
         limit = 2 * self.max_total + 64 * 1024  # int64 codes of a float32 model, plus keys and shares
         if size > limit:
             raise AuditError(f"{where} {size} bytes of SecAgg+ fields, more than the protocol needs ({limit})")
+
+
+def _stream_keys() -> frozenset[str]:
+    """What the continual phase answers per task (``fleet.qcore.device.stream_metrics``)."""
+    import dataclasses
+
+    from fleet.qcore.continual import TaskMetrics
+
+    return frozenset([f.name for f in dataclasses.fields(TaskMetrics)] + ["sim_time_s", "energy_j"])
 
 
 def _secagg_key() -> str:
