@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fleet.privacy.audit import MessageAudit
+from strategies.grids import WrappedGrid
 
 __all__ = ["AuditedGrid"]
 
 
-class AuditedGrid(Grid):
+class AuditedGrid(WrappedGrid):
     """``grid`` with each reply checked by ``audit``; ``name_of(node_id)`` names the device in errors."""
 
     def __init__(self, grid: Grid, audit: MessageAudit, name_of: Callable[[int], str]) -> None:
-        self.grid, self.audit, self.name_of = grid, audit, name_of
+        super().__init__(grid)
+        self.audit, self.name_of = audit, name_of
         self.checked = 0  # replies audited (the tests read it)
 
     def _check(self, replies: Iterable[Message]) -> list[Message]:
@@ -39,20 +40,3 @@ class AuditedGrid(Grid):
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         return self._check(self.grid.pull_messages(message_ids))
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
 from fleet import protocol as P
 from fleet.arrays import record_from_numpy, record_to_numpy
 from fleet.config.scenario import ScenarioConfig
 from fleet.privacy import secagg
+from strategies.grids import WrappedGrid
 
 __all__ = ["SecureGrid", "SECURE_SUM", "SECURE_COUNT", "check_secure_strategy", "secure_mean", "decode_mean"]
 
@@ -84,11 +84,12 @@ def _workflow(cfg: ScenarioConfig, contents: dict[int, RecordDict], timeout: flo
                         quantization_range=secagg.TARGET_RANGE, modulus_range=secagg.MODULUS_RANGE, timeout=timeout)
 
 
-class SecureGrid(Grid):
+class SecureGrid(WrappedGrid):
     """``grid`` with every round of training messages run as one SecAgg+ round (module docstring)."""
 
     def __init__(self, grid: Grid, cfg: ScenarioConfig) -> None:
-        self.grid, self.cfg = grid, cfg
+        super().__init__(grid)
+        self.cfg = cfg
         self.uplink: dict[int, int] = {}  # bytes each node sent in the last secure round, all stages
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
@@ -145,32 +146,12 @@ class SecureGrid(Grid):
         replies += [_error(m, "dropped out of secure aggregation") for n, m in by_node.items() if n not in answered]
         return replies
 
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-
-class _CountingGrid(SecureGrid):
+class _CountingGrid(WrappedGrid):
     """Passes messages through and counts the bytes each node sends (SecAgg+'s int64 vectors included)."""
 
     def __init__(self, grid: Grid) -> None:
-        self.grid = grid
+        super().__init__(grid)
         self.sent: dict[int, int] = {}
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
