@@ -220,12 +220,48 @@ class FleetStrategy(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.last is not None
         log_ = self.last
+        decoded, ok, secure = self._collect(replies, log_)
+        self.privacy.charge(log_.sampled, self.population)  # every round with instructions out (conservative)
+        trained, count = sorted(ok), None  # the devices whose training the aggregate reflects
+        if secure is not None:  # one decoded "update": the mean, weighted by how many it stands for
+            mean, count = secure
+            decoded = {-1: decode_mean(mean, self.current, self.cfg, self.qinfo)}
+            ok = {-1: P.DeviceReport(device=-1, weight=float(count), bits=self.cfg.quant.weight_bits,
+                                     sim_time_s=max(r.sim_time_s for r in ok.values()))}
+        self._keep_first(ok, decoded)
+        accepted, rejected = (screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
+                              if self.cfg.strategy.guard else (sorted(decoded), []))
+        for r in rejected:
+            ok[r.device].status, ok[r.device].error = "rejected", r.reason
+            log(WARNING, "round %d: rejected update of device %d: %s", log_.server_round, r.device, r.reason)
+        log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
+        seen = {d: decoded[d] for d in accepted}
+        self.privacy.observe(seen, self.current, trained if count is not None else accepted)
+        log_.privacy = self.privacy.take_row()
+        if not accepted:
+            return None, None
+        # the server's noise from the OS's entropy too: whoever holds config.toml must not be able to remove it
+        noised = self.privacy.top_up(seen, self.current, np.random.default_rng(secrets.randbits(128)), count=count)
+        # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
+        msgs = [_decoded_message(noised[d], ok[d]) for d in sorted(accepted)]
+        with self._user_code("aggregate_train"):
+            arrays, metrics = self.inner.aggregate_train(server_round, msgs)
+        if arrays is not None:
+            self._check_arrays(arrays)
+        log_.strategy_metrics = _own_metrics(metrics)
+        if arrays is not None and self.refine is not None:
+            arrays = record_from_numpy(self.refine(record_to_numpy(arrays)))
+        return arrays, metrics
+
+    def _collect(self, replies: Iterable[Message], log_: RoundLog) -> tuple[
+            dict[int, dict[str, np.ndarray]], dict[int, P.DeviceReport], tuple[dict[str, np.ndarray], int] | None]:
+        """The round's replies: every report into ``log_``; the decoded updates and reports of the devices that
+        trained; under secure aggregation no update of their own, but the sum (mean, count) from the first."""
         decoded: dict[int, dict[str, np.ndarray]] = {}
         ok: dict[int, P.DeviceReport] = {}
         secure: tuple[dict[str, np.ndarray], int] | None = None
         for msg in replies:
-            node = msg.metadata.src_node_id
-            pending = self.pending.pop(node, None)
+            pending = self.pending.pop(msg.metadata.src_node_id, None)
             if pending is None:
                 continue
             if msg.has_error():
@@ -240,13 +276,13 @@ class FleetStrategy(Strategy):
             if rep.status != "ok":
                 continue
             log_.uplink_bytes += rep.uplink_bytes
-            if self.cfg.privacy.secure_aggregation:  # no update of its own: the first reply holds the sum
+            if self.cfg.privacy.secure_aggregation:
                 secure = secure_mean(msg.content) or secure
                 ok[rep.device] = rep
                 continue
-            payload = record_to_numpy(P.record(msg.content, P.ARRAYS, ArrayRecord))
             try:
-                decoded[rep.device] = self._decode(payload, rep.bits)
+                decoded[rep.device] = self._decode(record_to_numpy(P.record(msg.content, P.ARRAYS, ArrayRecord)),
+                                                   rep.bits)
             except Exception as exc:  # noqa: BLE001 - any undecodable payload is a rejected update
                 rep.status, rep.error = "rejected", one_line(f"undecodable update: {exc}", last_line=True)
                 continue
@@ -255,38 +291,7 @@ class FleetStrategy(Strategy):
             pending.status, pending.error = "failed", "no reply within federation.round-timeout-s"
             log_.reports.append(pending)
         self.pending = {}
-        self.privacy.charge(log_.sampled, self.population)  # every round with instructions out (conservative)
-        trained = sorted(ok)  # the devices whose training the aggregate reflects (label inference scores them)
-        if secure is not None:  # one decoded "update": the mean, weighted by how many it stands for
-            mean, count = secure
-            decoded = {-1: decode_mean(mean, self.current, self.cfg, self.qinfo)}
-            ok = {-1: P.DeviceReport(device=-1, weight=float(count), bits=self.cfg.quant.weight_bits,
-                                     sim_time_s=max(r.sim_time_s for r in ok.values()))}
-        self._keep_first(ok, decoded)
-        accepted, rejected = (screen_updates(decoded, self.current, self.cfg.strategy.guard_norm_factor)
-                              if self.cfg.strategy.guard else (sorted(decoded), []))
-        for r in rejected:
-            ok[r.device].status, ok[r.device].error = "rejected", r.reason
-            log(WARNING, "round %d: rejected update of device %d: %s", log_.server_round, r.device, r.reason)
-        log_.sim_time_s = max((ok[d].sim_time_s for d in accepted), default=0.0)
-        seen = {d: decoded[d] for d in accepted}
-        self.privacy.observe(seen, self.current, [d for d in trained if d in accepted or -1 in accepted])
-        log_.privacy = self.privacy.take_row()
-        if not accepted:
-            return None, None
-        # the server's noise from the OS's entropy too: whoever holds config.toml must not be able to remove it
-        noised = self.privacy.top_up(seen, self.current, np.random.default_rng(secrets.randbits(128)),
-                                     count=int(ok[-1].weight) if -1 in ok else None)
-        # Sorted by device: aggregation then sums in the same order whatever order replies arrived in.
-        msgs = [_decoded_message(noised[d], ok[d]) for d in sorted(accepted)]
-        with self._user_code("aggregate_train"):
-            arrays, metrics = self.inner.aggregate_train(server_round, msgs)
-        if arrays is not None:
-            self._check_arrays(arrays)
-        log_.strategy_metrics = _own_metrics(metrics)
-        if arrays is not None and self.refine is not None:
-            arrays = record_from_numpy(self.refine(record_to_numpy(arrays)))
-        return arrays, metrics
+        return decoded, ok, secure
 
     @contextlib.contextmanager
     def _user_code(self, method: str) -> Iterator[None]:

@@ -19,7 +19,8 @@ from fleet.config.scenario import (
     unflatten,
 )
 
-SECTIONS_HINT = "federation, data, model, quant, coreset, train, devices, strategy, ray, output, faults, stream, privacy"
+SECTIONS_HINT = ("federation, data, model, quant, coreset, train, devices, strategy, ray, output, faults, stream, "
+                 "privacy")
 BITS_HINT = "2, 3, 4, 5, 6, 7, 8, 32"
 
 # (case id, flat config, exact str(ConfigError))

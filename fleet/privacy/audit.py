@@ -19,6 +19,7 @@ the clipping and noise of ``[privacy]`` bound (docs/privacy.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class AuditError(RuntimeError):
     """A device sent something the audit does not allow; ``str(err)`` is one line naming device and key."""
 
 
+@functools.cache
 def _report_keys() -> tuple[frozenset[str], frozenset[str]]:
     """(number keys, string keys) of a device report, from the protocol's dataclass and declared extras."""
     metrics, report = P.DeviceReport(device=0, extra=dict.fromkeys(P.REPORT_EXTRAS, 0.0)).to_records()
@@ -179,6 +181,7 @@ class MessageAudit:
             raise AuditError(f"{where} {size} bytes of SecAgg+ fields, more than the protocol needs ({limit})")
 
 
+@functools.cache
 def _stream_keys() -> frozenset[str]:
     """What the continual phase answers per task (``fleet.qcore.device.stream_metrics``)."""
     import dataclasses
@@ -194,6 +197,7 @@ def _secagg_key() -> str:
     return str(RECORD_KEY_CONFIGS)
 
 
+@functools.cache
 def _secagg_reply_keys() -> frozenset[str]:
     """What SecAgg+'s client mod answers in its stages (Flower's ``Key`` names)."""
     from flwr.common.secure_aggregation.secaggplus_constants import Key

@@ -23,7 +23,7 @@ from typing import Any
 from fleet.config.scenario import parse_config
 from simulations.benchmarks.common import RESULTS as RESULTS_DIR
 from simulations.benchmarks.common import SHARED_DATA, git_commit, machine, read_json, utc_now, write_json
-from simulations.benchmarks.strategies import _memo_reference, run_local
+from simulations.benchmarks.strategies import memo_reference, run_local
 from simulations.store.rundir import read_jsonl
 
 RESULTS = RESULTS_DIR / "privacy.json"
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     base, sigmas = (QUICK, SIGMAS[1:3]) if args.quick else (FULL, SIGMAS)
     done = {c["name"]: c for c in (read_json(out) or {}).get("cells", []) if c.get("commit_config") == base}
     results: list[dict[str, Any]] = []
-    with _memo_reference(), tempfile.TemporaryDirectory() as tmp:
+    with memo_reference(), tempfile.TemporaryDirectory() as tmp:
         for name, flat in cells(base, sigmas):
             if name in done:
                 results.append(done[name])

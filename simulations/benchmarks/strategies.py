@@ -35,7 +35,7 @@ Runs go through the project's own ServerApp and ClientApp (`simulations.server_a
 Flower's Ray engine: on this shared 2-core machine Ray's start-up cost ~55 s per run, more than the
 run itself. Device code, RNG streams and results are the same (each device's randomness derives
 from the config and the instruction, not the process). The float reference's central accuracy is
-computed once per process (`_memo_reference`), as it is identical for every run of a recipe.
+computed once per process (`memo_reference`), as it is identical for every run of a recipe.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def _copied(msg: Message) -> Message:
 
 
 @contextmanager
-def _memo_reference() -> Iterator[None]:
+def memo_reference() -> Iterator[None]:
     """Compute each recipe's float reference (and its full-test-set accuracy) once per process."""
     from fleet.model import reference as ref
     from simulations import server_app
@@ -304,7 +304,7 @@ def _resumable(path: Path, base: dict[str, object]) -> list[dict[str, Any]]:
 def _init_worker() -> None:
     """Pool initializer: one torch thread, and the reference memo for the worker's lifetime."""
     torch.set_num_threads(1)
-    _memo_reference().__enter__()  # noqa: PLC2801 - lives as long as the worker process
+    memo_reference().__enter__()  # noqa: PLC2801 - lives as long as the worker process
 
 
 def _run_job(job: tuple[dict[str, object], str, float, str, int, str]) -> dict[str, Any]:
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
                 pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
                 results = pool.imap(_run_job, jobs)
             else:
-                stack.enter_context(_memo_reference())
+                stack.enter_context(memo_reference())
                 results = map(_run_job, jobs)
             for cell in results:
                 cells.append(cell)
