@@ -4,7 +4,8 @@ MNIST, 100 devices, 10 per round, Dirichlet 0.5, QuaRC 10%, W4A4 and W2A2 (``qwe
 width: no DP, then DP at four noise multipliers (clip norm :data:`CLIP`): final accuracy, epsilon (RDP,
 sampling without replacement, replace-one; PLD, Poisson, add/remove) at delta 1e-5, and membership-inference
 AUC (loss threshold, offline LiRA) of the final model. Then the same fleet with SecAgg+ and without, for the
-round time. Runs go through the ServerApp and ClientApp on an in-process grid (no Ray start-up in the
+round time. Last, the quantized fleets without distillation (and with every layer quantized), beside FP32,
+for the question whether a low-bit uplink leaks less than a float one. Runs go through the ServerApp and ClientApp on an in-process grid (no Ray start-up in the
 timings, one process: the 2 cores here), one run at a time, resumable: finished cells are kept in
 ``results/privacy.json`` and skipped.
 
@@ -55,6 +56,12 @@ def cells(base: dict[str, object], sigmas: tuple[float, ...]) -> list[tuple[str,
         out += [(f"W{b}A{b} dp sigma={s:g}", {**base, **width, "privacy.dp": True, "privacy.noise-multiplier": s})
                 for s in sigmas]
         out.append((f"W{b}A{b} secagg", {**base, **width, "privacy.secure-aggregation": True}))
+    # Does a low-bit uplink leak less than a float one? Without distillation (whose soft targets carry no
+    # labels), and with the classifier quantized too, so the bit-width is the only difference from FP32 no-dp.
+    for b in BITS:
+        width = {"quant.weight-bits": b, "quant.act-bits": b, "train.kd": False}
+        out.append((f"W{b}A{b} no-dp no-kd", {**base, **width}))
+        out.append((f"W{b}A{b} no-dp no-kd all-quantized", {**base, **width, "quant.keep-fp": "none"}))
     return out
 
 
