@@ -86,11 +86,13 @@ def _secure_reply(cfg: ScenarioConfig, ins: P.DeviceInstruction, payload: dict[s
 
     qinfo = (artifacts.quant_info_at(cfg, ins.ref_hash, None, ins.weight_bits, ins.act_bits)
              if cfg.quant.codec == "qweights" else None)  # codes on the shared grid; else fixed point
+    rng = np.random.default_rng([cfg.federation.seed, ins.device, ins.server_round, 8])
     if report.status == "ok" and payload:
-        rng = np.random.default_rng([cfg.federation.seed, ins.device, ins.server_round, 8])
         ints = secagg.to_integers(payload, global_arrays, qinfo, rng)
     else:
         ints = [np.zeros(np.shape(global_arrays[k]), np.int64) for k in sorted(global_arrays)]
+    if cfg.privacy.dp and cfg.privacy.clipping == "adaptive":  # the bit goes into the sum, not the report
+        ints.append(secagg.fixed_point(report.extra.pop(P.UNCLIPPED, 0.0), rng))
     return secagg.fitres_content(report, ints)
 
 

@@ -33,7 +33,7 @@ from fleet.hardware.memory import apply_memory_policy, fit_batch_size
 from fleet.hardware.profiles import DeviceProfile
 from fleet.model.assembly import load_arrays
 from fleet.model.bnstats import BN_REFRESH_SAMPLES, has_batchnorm, reestimate_bn
-from fleet.privacy.policy import freeze_shared_grid, outgoing_state, uniform_weights
+from fleet.privacy.policy import freeze_shared_grid, noised_unclipped, outgoing_state, uniform_weights
 from fleet.protocol import DeviceInstruction, DeviceReport
 from fleet.quant.codecs import payload_nbytes, scenario_codec
 from fleet.quant.convert import init_quantizers
@@ -225,7 +225,7 @@ def _train(rnd: _Round, model: nn.Module, core: _Coreset, batch: int, max_steps:
         new_state.update(result.opt_state)
     rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
     if clc:
-        rep.extra = dict(zip(P.REPORT_EXTRAS, (result.kd_clc_ratio, result.beta), strict=True))
+        rep.extra = dict(zip(P.CLC_EXTRAS, (result.kd_clc_ratio, result.beta), strict=True))
     return new_state
 
 
@@ -237,7 +237,12 @@ def _upload(rnd: _Round, model: nn.Module, global_arrays: dict[str, np.ndarray])
     # DP noise from the OS's entropy, never from the run's seed: a server that knows the seed could regenerate
     # and subtract it. Runs with privacy.dp therefore differ from run to run (docs/privacy.md).
     noise_rng = np.random.default_rng(secrets.randbits(128)) if cfg.privacy.dp else rnd.rng(7)
-    state = outgoing_state(cfg, artifacts.upload_state(model, global_arrays), global_arrays, noise_rng)
+    local = artifacts.upload_state(model, global_arrays)
+    clip = ins.clip_norm or cfg.privacy.clip_norm
+    unclipped = noised_unclipped(cfg, local, global_arrays, clip, noise_rng)
+    if unclipped is not None:
+        rnd.rep.extra[P.UNCLIPPED] = unclipped
+    state = outgoing_state(cfg, local, global_arrays, noise_rng, clip)
     payload = codec.encode(state, global_arrays, rnd.rng(4), qinfo)
     payload = faultlib.apply_payload_fault(ins.fault, payload, global_arrays, codec, qinfo, rnd.rng(5),
                                            cfg.faults.corrupt_form)

@@ -37,7 +37,7 @@ BFN = "bfn"  # the bit-flipping networks' state
 
 __all__ = ["DeviceInstruction", "DeviceReport", "ARRAYS", "CONFIG", "METRICS", "REPORT", "REFERENCE",
            "STATUSES", "WEIGHT_KEY", "MISSING", "STATE_ARRAYS", "ASK", "ASK_ROSTER", "ASK_STREAM", "DEVICE",
-           "PROFILE", "CORE", "BFN", "REPORT_EXTRAS", "record", "scalar"]
+           "PROFILE", "CORE", "BFN", "REPORT_EXTRAS", "CLC_EXTRAS", "UNCLIPPED", "record", "scalar"]
 
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 Scalar = int | float | str | bytes | bool  # what a Flower record holds besides lists
@@ -80,6 +80,7 @@ class DeviceInstruction:
     evaluate: bool = True  # evaluate the received model on the device's held-out split
     batch_size: int = 0  # 0 = the scenario's
     state_dir: str = ""  # the device's local storage for its state ("" = Flower's context.state)
+    clip_norm: float = 0.0  # the round's DP clipping norm (adaptive clipping; 0 = the scenario's)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({_kebab(f.name): getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -95,8 +96,11 @@ class DeviceInstruction:
 
 
 _REPORT_STRINGS = ("status", "profile", "method", "fault", "error")
-#: The numbers a device may add to its report's ``extra`` (sent as ``x-<name>``): CLC's logged ratio and beta.
-REPORT_EXTRAS = ("kd-clc-ratio", "clc-beta")
+#: The numbers a device may add to its report's ``extra`` (sent as ``x-<name>``): CLC's logged ratio and beta,
+#: and under adaptive clipping its noised unclipped bit (inside the secure sum under secure aggregation).
+CLC_EXTRAS = ("kd-clc-ratio", "clc-beta")
+UNCLIPPED = "unclipped"
+REPORT_EXTRAS = (*CLC_EXTRAS, UNCLIPPED)
 
 
 @dataclass

@@ -22,7 +22,8 @@ import numpy as np
 
 from fleet.config.scenario import ScenarioConfig
 from fleet.privacy.accountant import Accountant, Epsilons
-from fleet.privacy.dp import private_keys
+from fleet.privacy.dp import count_stddev, next_clip_norm, private_keys
+from fleet.privacy.policy import update_multiplier
 
 __all__ = ["BudgetExhausted", "PrivacyMonitor"]
 
@@ -56,6 +57,8 @@ class PrivacyMonitor:
         self.accountant = Accountant(pv.noise_multiplier, pv.delta) if pv.dp else None
         self.labels_present = labels_present if pv.label_inference else None
         self.row: dict[str, float | None] = {}
+        self.clip_norm = pv.clip_norm  # the round's C (adaptive clipping moves it after every round)
+        self.update_multiplier = update_multiplier(cfg)
 
     def check_budget(self, server_round: int, sampled: int, population: int) -> None:
         """Raise :class:`BudgetExhausted` if charging this round would exceed the budget."""
@@ -74,7 +77,7 @@ class PrivacyMonitor:
         m, k = self.cfg.federation.devices_per_round, count if count is not None else len(updates)
         if not pv.dp or pv.noise != "distributed" or k == 0 or k >= m or pv.noise_multiplier == 0:
             return dict(updates)
-        missing = pv.noise_multiplier * pv.clip_norm * math.sqrt((m - k) / m)  # std the sum lacks
+        missing = self.update_multiplier * self.clip_norm * math.sqrt((m - k) / m)  # std the sum lacks
         std = missing / k if count is not None else missing / math.sqrt(k)  # on the mean, or on each update
         keys = private_keys(base)
         out = {}
@@ -84,6 +87,18 @@ class PrivacyMonitor:
                 upd[key] = (upd[key] + rng.normal(0.0, std, upd[key].shape)).astype(np.float32)
             out[dev] = upd
         return out
+
+    def adapt(self, unclipped: float, count: int, rng: np.random.Generator) -> None:
+        """Adaptive clipping: the next round's C from the sum of the ``count`` devices' noised unclipped bits
+        (the server adds the missing devices' share of the count's noise, as for the update)."""
+        pv = self.cfg.privacy
+        if not pv.dp or pv.clipping != "adaptive" or count == 0:
+            return
+        m = self.cfg.federation.devices_per_round
+        if pv.noise == "distributed" and count < m:
+            unclipped += float(rng.normal(0.0, count_stddev(pv.clipped_count_stddev, m) * math.sqrt((m - count) / m)))
+        self.row["clip_norm"] = self.clip_norm  # the C this round clipped to
+        self.clip_norm = next_clip_norm(self.clip_norm, unclipped, m, pv.target_quantile, pv.clip_lr)
 
     def charge(self, sampled: int, population: int) -> None:
         """Charge a released round to the accountant; its epsilon goes into the round's line."""
@@ -119,13 +134,18 @@ class PrivacyMonitor:
         out: dict[str, object] = {"dp": pv.dp, "secure_aggregation": pv.secure_aggregation, "audit": pv.audit}
         if self.accountant is not None:
             eps = self.accountant.epsilon()
-            out.update({"noise_multiplier": pv.noise_multiplier, "clip_norm": pv.clip_norm, "noise": pv.noise,
+            out.update({"noise_multiplier": pv.noise_multiplier, "clip_norm": self.clip_norm, "clipping": pv.clipping,
+                        "noise": pv.noise,
                         "delta": pv.delta, "rounds_charged": len(self.accountant.rounds), **eps.as_row()})
         return out
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self.accountant.state_dict() if self.accountant is not None else {}
+        if self.accountant is None:
+            return {}
+        return {**self.accountant.state_dict(), "privacy_clip_norm": np.array([self.clip_norm], np.float64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         if self.accountant is not None:
             self.accountant.load_state_dict(state)
+            if "privacy_clip_norm" in state:
+                self.clip_norm = float(np.asarray(state["privacy_clip_norm"]).reshape(-1)[0])

@@ -13,7 +13,7 @@ SecAgg+ runs with weight 1 per device, the clipping range ``2^21`` and the quant
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,7 @@ class SecureGrid(WrappedGrid):
             if not replies and count > 0:
                 keys = sorted(record_to_numpy(P.record(by_node[proxy.node_id].content, P.ARRAYS, ArrayRecord)))
                 mean = parameters_to_ndarrays(res.parameters)
+                keys += [secagg.UNCLIPPED_KEY] * (len(mean) - len(keys))  # adaptive clipping's bit rides last
                 content[SECURE_SUM] = record_from_numpy(dict(zip(keys, mean, strict=True)))
                 content[SECURE_COUNT] = ConfigRecord({"count": count})
             replies.append(Message(content, reply_to=by_node[proxy.node_id]))
@@ -195,6 +196,15 @@ def secure_mean(content: RecordDict) -> tuple[dict[str, np.ndarray], int] | None
         return None
     count = int(P.scalar(P.record(content, SECURE_COUNT, ConfigRecord)["count"]))
     return record_to_numpy(P.record(content, SECURE_SUM, ArrayRecord)), count
+
+
+def unclipped_sum(ok: Mapping[int, P.DeviceReport], secure: tuple[dict[str, np.ndarray], int] | None) -> float:
+    """Adaptive clipping: the sum of the devices' noised unclipped bits, from their reports or, under secure
+    aggregation, from the secure sum (0 when no device sent one)."""
+    if secure is not None:
+        mean, count = secure
+        return secagg.fixed_point_value(mean[secagg.UNCLIPPED_KEY]) * count if secagg.UNCLIPPED_KEY in mean else 0.0
+    return float(sum(r.extra.get(P.UNCLIPPED, 0.0) for r in ok.values()))
 
 
 def decode_mean(mean: dict[str, np.ndarray], base: dict[str, np.ndarray], cfg: ScenarioConfig,

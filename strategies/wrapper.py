@@ -42,7 +42,7 @@ from fleet.train.schedule import round_window
 from strategies.guard import screen_updates
 from strategies.privacy import PrivacyMonitor
 from strategies.sampling import draw_faults, sample_devices
-from strategies.secagg import decode_mean, secure_mean
+from strategies.secagg import decode_mean, secure_mean, unclipped_sum
 
 ROSTER_BATCH = 100  # roster queries in flight at once (see FleetStrategy.discover)
 
@@ -186,7 +186,8 @@ class FleetStrategy(Strategy):
                 participation=int(self.participation[dev]), ref_hash=self.ref_hash,
                 deadline_s=self.cfg.devices.deadline_s, fault=faults.get(int(dev), ""),
                 proximal_mu=float(extra.get("proximal-mu", 0.0)), lr=lr, lr_window_start=window[0],
-                lr_window_end=window[1], evaluate=is_eval_round(rnd, self.cfg), state_dir=self.state_dir)
+                lr_window_end=window[1], evaluate=is_eval_round(rnd, self.cfg), state_dir=self.state_dir,
+                clip_norm=self.privacy.clip_norm)
             content = RecordDict({P.ARRAYS: arrays, P.CONFIG: ins.to_record()})
             down = model_bytes
             if not self.has_reference[dev] and needs_reference(self.cfg, w, a):
@@ -223,6 +224,7 @@ class FleetStrategy(Strategy):
         decoded, ok, secure = self._collect(replies, log_)
         self.privacy.charge(log_.sampled, self.population)  # every round with instructions out (conservative)
         trained, count = sorted(ok), None  # the devices whose training the aggregate reflects
+        self.privacy.adapt(unclipped_sum(ok, secure), len(ok), np.random.default_rng(secrets.randbits(128)))
         if secure is not None:  # one decoded "update": the mean, weighted by how many it stands for
             mean, count = secure
             decoded = {-1: decode_mean(mean, self.current, self.cfg, self.qinfo)}

@@ -209,6 +209,8 @@ def _check_privacy(cfg: ScenarioConfig) -> None:
         if cfg.strategy.bn_stats == "average":
             raise ConfigError("strategy.bn-stats", f"{what} sends no BatchNorm statistics (they are measured on "
                               "device data): use 'public'")
+    if pv.clipping == "adaptive":
+        _check_adaptive(cfg)
     if pv.secure_aggregation:
         if cfg.strategy.guard:
             raise ConfigError("strategy.guard", "the update guard screens individual updates, which secure "
@@ -219,6 +221,20 @@ def _check_privacy(cfg: ScenarioConfig) -> None:
         if cfg.devices.over_selection > 1.0:
             raise ConfigError("devices.over-selection", "keeping the first finishers needs individual updates, which "
                               "secure aggregation hides: use 1")
+
+
+def _check_adaptive(cfg: ScenarioConfig) -> None:
+    """Adaptive clipping spends part of the noise on the count of unclipped updates: it needs DP, and sigma
+    must stay below 2 * clipped-count-stddev for the update's share to exist (Andrew et al. 2021, Thm. 1)."""
+    from fleet.privacy.dp import count_stddev
+
+    pv = cfg.privacy
+    if not pv.dp:
+        raise ConfigError("privacy.clipping", "'adaptive' learns C from noised bits: it needs privacy.dp = true")
+    sigma_b = count_stddev(pv.clipped_count_stddev, cfg.federation.devices_per_round)
+    if pv.noise_multiplier >= 2 * sigma_b:
+        raise ConfigError("privacy.noise-multiplier", f"adaptive clipping needs sigma < 2 x clipped-count-stddev "
+                          f"({2 * sigma_b:g}), got {pv.noise_multiplier:g}: raise privacy.clipped-count-stddev")
 
 
 def defaults() -> ScenarioConfig:

@@ -288,7 +288,16 @@ class PrivacyConfig:
                       "declared report keys (docs/privacy.md); a violation fails the run naming device and key")
     dp: bool = opt(False, "differential privacy: each device clips its float model update to clip-norm and adds "
                    "Gaussian noise before encoding it; an accountant reports epsilon every round")
-    clip_norm: float = opt(1.0, "L2 norm C a device's update (weights and biases) is clipped to", gt=0)
+    clip_norm: float = opt(1.0, "L2 norm C a device's update (weights and biases) is clipped to (adaptive: "
+                           "the first round's)", gt=0)
+    clipping: str = opt("fixed", "fixed C, or adaptive: C follows the target-quantile of the devices' update norms, "
+                        "learnt from their noised clipped/unclipped bits (Andrew et al. 2021, as Flower's "
+                        "adaptive-clipping wrappers)", choices=("fixed", "adaptive"))
+    target_quantile: float = opt(0.5, "adaptive clipping: the share of devices whose update should be unclipped",
+                                 gt=0, lt=1)
+    clip_lr: float = opt(0.2, "adaptive clipping: the geometric learning rate of C", gt=0)
+    clipped_count_stddev: float = opt(0.0, "adaptive clipping: noise std of the round's count of unclipped updates "
+                                      "(0 = devices-per-round / 20, Flower's default)", ge=0)
     noise_multiplier: float = opt(1.0, "sigma: the released aggregate's noise std is sigma * clip-norm", ge=0)
     noise: str = opt("distributed", "where the noise comes from: 'distributed' = each device adds std sigma*C/"
                      "sqrt(devices-per-round), so the sum carries sigma*C (pair it with secure-aggregation); "

@@ -33,7 +33,7 @@ import numpy as np
 from fleet.quant.spec import is_quantizer_key
 
 __all__ = ["is_public_key", "private_keys", "update_norm", "clip_update", "device_noise_std", "privatize",
-           "BN_STAT_SUFFIXES"]
+           "BN_STAT_SUFFIXES", "count_stddev", "update_noise_multiplier", "next_clip_norm"]
 
 State = dict[str, np.ndarray]
 
@@ -101,3 +101,40 @@ def privatize(local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], *
         for k in private_keys(base):
             out[k] = (out[k] + rng.normal(0.0, noise_std, out[k].shape)).astype(np.float32)
     return out
+
+
+# -- adaptive clipping (Andrew, Thakkar, McMahan, Ramaswamy 2021, "Differentially Private Learning with
+# Adaptive Clipping"; the algorithm of Flower's DifferentialPrivacy*AdaptiveClipping wrappers) ----------------
+
+
+def count_stddev(configured: float, devices_per_round: int) -> float:
+    """The noise std ``sigma_b`` of a round's count of unclipped updates (0 = ``m / 20``, Flower's default)."""
+    return configured if configured > 0 else devices_per_round / 20.0
+
+
+def update_noise_multiplier(noise_multiplier: float, sigma_b: float) -> float:
+    """The update's share ``z_d`` of the noise multiplier ``z`` when the count costs ``sigma_b``:
+    ``z_d = (z^-2 - (2 sigma_b)^-2)^(-1/2)``, so that the two releases compose to one Gaussian of multiplier ``z``
+    (the paper's Theorem 1). ``z = 0`` stays 0.
+
+    >>> round(update_noise_multiplier(1.0, 0.5), 6)  # 2 sigma_b = 1 = z: nothing left for the update
+    inf
+    >>> round(update_noise_multiplier(1.0, 5.0), 4)
+    1.005
+    """
+    if noise_multiplier == 0:
+        return 0.0
+    rest = noise_multiplier ** -2 - (2 * sigma_b) ** -2
+    return math.inf if rest <= 0 else rest ** -0.5
+
+
+def next_clip_norm(clip_norm: float, noised_unclipped: float, devices_per_round: int, target_quantile: float,
+                   clip_lr: float) -> float:
+    """The geometric update ``C <- C exp(-lr (b - gamma))`` with ``b`` the noised share of unclipped updates:
+    C grows while fewer than ``gamma`` of the updates fit under it, and shrinks while more do.
+
+    >>> round(next_clip_norm(1.0, 10.0, 10, 0.5, 0.2), 6)  # all fit: shrink by exp(-0.1)
+    0.904837
+    """
+    share = noised_unclipped / devices_per_round
+    return clip_norm * math.exp(-clip_lr * (share - target_quantile))

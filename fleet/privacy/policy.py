@@ -14,10 +14,18 @@ import numpy as np
 from torch import nn
 
 from fleet.config.scenario import ScenarioConfig
-from fleet.privacy.dp import device_noise_std, is_public_key, privatize
+from fleet.privacy.dp import (
+    count_stddev,
+    device_noise_std,
+    is_public_key,
+    privatize,
+    update_noise_multiplier,
+    update_norm,
+)
 from fleet.quant.spec import is_quantizer_key
 
-__all__ = ["shared_grid", "freeze_shared_grid", "outgoing_state", "uniform_weights"]
+__all__ = ["shared_grid", "freeze_shared_grid", "outgoing_state", "uniform_weights", "update_multiplier",
+           "noised_unclipped"]
 
 
 def shared_grid(cfg: ScenarioConfig) -> bool:
@@ -41,13 +49,37 @@ def freeze_shared_grid(model: nn.Module, cfg: ScenarioConfig) -> None:
 
 
 def outgoing_state(cfg: ScenarioConfig, local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The state the device's codec encodes: DP-clipped and noised under ``privacy.dp``; public tensors
-    (steps, BatchNorm statistics) are the server's own under a shared grid; else ``local`` as it is."""
+                   rng: np.random.Generator, clip_norm: float | None = None) -> dict[str, np.ndarray]:
+    """The state the device's codec encodes: DP-clipped (to ``clip_norm``, the round's C; default
+    ``privacy.clip-norm``) and noised under ``privacy.dp``; public tensors (steps, BatchNorm statistics) are the
+    server's own under a shared grid; else ``local`` as it is."""
     pv = cfg.privacy
     if pv.dp:
-        std = device_noise_std(pv.noise_multiplier, pv.clip_norm, pv.noise, cfg.federation.devices_per_round)
-        return privatize(local, base, clip_norm=pv.clip_norm, noise_std=std, rng=rng)
+        clip = clip_norm or pv.clip_norm
+        std = device_noise_std(update_multiplier(cfg), clip, pv.noise, cfg.federation.devices_per_round)
+        return privatize(local, base, clip_norm=clip, noise_std=std, rng=rng)
     if pv.secure_aggregation:
         return {k: np.asarray(base[k] if is_public_key(k) else v, np.float32) for k, v in local.items()}
     return dict(local)
+
+
+def update_multiplier(cfg: ScenarioConfig) -> float:
+    """The noise multiplier of the model update: all of ``privacy.noise-multiplier``, or under adaptive clipping
+    what the count of unclipped updates leaves of it (``fleet.privacy.dp.update_noise_multiplier``)."""
+    pv = cfg.privacy
+    if pv.clipping != "adaptive":
+        return pv.noise_multiplier
+    return update_noise_multiplier(pv.noise_multiplier, count_stddev(pv.clipped_count_stddev,
+                                                                     cfg.federation.devices_per_round))
+
+
+def noised_unclipped(cfg: ScenarioConfig, local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
+                     clip_norm: float, rng: np.random.Generator) -> float | None:
+    """Adaptive clipping: whether the update fits under ``clip_norm`` (1 or 0), plus this device's share of the
+    count's noise (``sigma_b / sqrt(m)`` distributed, ``sigma_b`` local); None under fixed clipping."""
+    pv = cfg.privacy
+    if not pv.dp or pv.clipping != "adaptive":
+        return None
+    m = cfg.federation.devices_per_round
+    std = device_noise_std(1.0, count_stddev(pv.clipped_count_stddev, m), pv.noise, m)
+    return float(update_norm(local, base) <= clip_norm) + float(rng.normal(0.0, std))

@@ -39,7 +39,7 @@ from fleet.quant.packing import unpack_codes
 from fleet.quant.spec import QuantInfo, qrange
 
 __all__ = ["CLIP_RANGE", "TARGET_RANGE", "MODULUS_RANGE", "FRACTION_BITS", "to_integers", "from_integers",
-           "MAX_DEVICES",
+           "MAX_DEVICES", "UNCLIPPED_KEY", "fixed_point", "fixed_point_value",
            "fitres_content", "report_from_fitres", "NUMBER_PREFIX", "STRING_PREFIX"]
 
 CLIP_RANGE = 2**21
@@ -47,6 +47,7 @@ TARGET_RANGE = 2**22
 MODULUS_RANGE = 2**32
 FRACTION_BITS = 16
 MAX_DEVICES = MODULUS_RANGE // TARGET_RANGE - 1  # sums of more devices could wrap around the modulus
+UNCLIPPED_KEY = "~unclipped"  # adaptive clipping's noised bit, appended after the model's arrays
 
 State = dict[str, np.ndarray]
 
@@ -81,6 +82,16 @@ def _fixed_point(x: np.ndarray, fallback: np.ndarray, scale: float, rng: np.rand
     y = x * scale
     fixed = np.floor(y + rng.random(y.shape))  # stochastic rounding: E[fixed] = y
     return np.clip(fixed, -CLIP_RANGE, CLIP_RANGE - 1).astype(np.int64)
+
+
+def fixed_point(value: float, rng: np.random.Generator) -> np.ndarray:
+    """One number as a fixed-point integer array of shape (1,) (adaptive clipping's bit in the secure sum)."""
+    return _fixed_point(np.array([value], np.float64), np.zeros(1), float(2**FRACTION_BITS), rng)
+
+
+def fixed_point_value(arr: np.ndarray) -> float:
+    """The number a (mean) fixed-point array of shape (1,) stands for."""
+    return float(np.asarray(arr, np.float64).reshape(-1)[0]) / 2**FRACTION_BITS
 
 
 def from_integers(mean: list[np.ndarray], base: Mapping[str, np.ndarray], qinfo: QuantInfo | None) -> State:

@@ -5,11 +5,11 @@ width: no DP, then DP at four noise multipliers (clip norm :data:`CLIP`): final 
 sampling without replacement, replace-one; PLD, Poisson, add/remove) at delta 1e-5, and membership-inference
 AUC (loss threshold, offline LiRA) of the final model. Then the same fleet with SecAgg+ and without, for the
 round time. Last, the quantized fleets without distillation (and with every layer quantized), beside FP32,
-for the question whether a low-bit uplink leaks less than a float one. Runs go through the ServerApp and ClientApp on an in-process grid (no Ray start-up in the
-timings, one process: the 2 cores here), one run at a time, resumable: finished cells are kept in
-``results/privacy.json`` and skipped.
+for the question whether a low-bit uplink leaks less than a float one. Runs go through the ServerApp and
+ClientApp on an in-process grid (no Ray start-up in the timings, one process: the 2 cores here), one run at a
+time, resumable: finished cells are kept in ``results/privacy.json`` and skipped.
 
-    python -m simulations.benchmarks.privacy            # the grid (about 20 min here)
+    python -m simulations.benchmarks.privacy            # the grid (about 13 min here)
     python -m simulations.benchmarks.privacy --quick    # digits, 8 devices, 2 rounds: the smoke test
 """
 
