@@ -22,8 +22,7 @@ import numpy as np
 
 from fleet.config.scenario import ScenarioConfig
 from fleet.privacy.accountant import Accountant, Epsilons
-from fleet.privacy.dp import count_stddev, next_clip_norm, private_keys
-from fleet.privacy.policy import update_multiplier
+from fleet.privacy.dp import count_stddev, next_clip_norm, private_keys, update_multiplier
 
 __all__ = ["BudgetExhausted", "PrivacyMonitor"]
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fleet.config.scenario import ConfigError, parse_config
-from fleet.privacy.dp import count_stddev, next_clip_norm, update_noise_multiplier
-from fleet.privacy.policy import noised_unclipped, outgoing_state, update_multiplier
+from fleet.privacy.dp import count_stddev, next_clip_norm, update_multiplier, update_noise_multiplier
+from fleet.privacy.policy import noised_unclipped, outgoing_state
 from tests.test_privacy_run import _flat, _rounds, _run, _summary
 
 ADAPTIVE = {"privacy.clipping": "adaptive", "privacy.noise-multiplier": 0.05, "privacy.clipped-count-stddev": 0.03,

@@ -30,10 +30,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fleet.config.scenario import ScenarioConfig
 from fleet.quant.spec import is_quantizer_key
 
 __all__ = ["is_public_key", "private_keys", "update_norm", "clip_update", "device_noise_std", "privatize",
-           "BN_STAT_SUFFIXES", "count_stddev", "update_noise_multiplier", "next_clip_norm"]
+           "BN_STAT_SUFFIXES", "count_stddev", "update_noise_multiplier", "next_clip_norm", "update_multiplier"]
 
 State = dict[str, np.ndarray]
 
@@ -138,3 +139,13 @@ def next_clip_norm(clip_norm: float, noised_unclipped: float, devices_per_round:
     """
     share = noised_unclipped / devices_per_round
     return clip_norm * math.exp(-clip_lr * (share - target_quantile))
+
+
+def update_multiplier(cfg: ScenarioConfig) -> float:
+    """The noise multiplier of the model update: all of ``privacy.noise-multiplier``, or under adaptive clipping
+    what the count of unclipped updates leaves of it (``fleet.privacy.dp.update_noise_multiplier``)."""
+    pv = cfg.privacy
+    if pv.clipping != "adaptive":
+        return pv.noise_multiplier
+    return update_noise_multiplier(pv.noise_multiplier, count_stddev(pv.clipped_count_stddev,
+                                                                     cfg.federation.devices_per_round))

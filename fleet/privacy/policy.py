@@ -14,14 +14,7 @@ import numpy as np
 from torch import nn
 
 from fleet.config.scenario import ScenarioConfig
-from fleet.privacy.dp import (
-    count_stddev,
-    device_noise_std,
-    is_public_key,
-    privatize,
-    update_noise_multiplier,
-    update_norm,
-)
+from fleet.privacy.dp import count_stddev, device_noise_std, is_public_key, privatize, update_multiplier, update_norm
 from fleet.quant.spec import is_quantizer_key
 
 __all__ = ["shared_grid", "freeze_shared_grid", "outgoing_state", "uniform_weights", "update_multiplier",
@@ -61,16 +54,6 @@ def outgoing_state(cfg: ScenarioConfig, local: Mapping[str, np.ndarray], base: M
     if pv.secure_aggregation:
         return {k: np.asarray(base[k] if is_public_key(k) else v, np.float32) for k, v in local.items()}
     return dict(local)
-
-
-def update_multiplier(cfg: ScenarioConfig) -> float:
-    """The noise multiplier of the model update: all of ``privacy.noise-multiplier``, or under adaptive clipping
-    what the count of unclipped updates leaves of it (``fleet.privacy.dp.update_noise_multiplier``)."""
-    pv = cfg.privacy
-    if pv.clipping != "adaptive":
-        return pv.noise_multiplier
-    return update_noise_multiplier(pv.noise_multiplier, count_stddev(pv.clipped_count_stddev,
-                                                                     cfg.federation.devices_per_round))
 
 
 def noised_unclipped(cfg: ScenarioConfig, local: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray],
