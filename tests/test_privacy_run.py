@@ -25,7 +25,7 @@ from fleet.errors import one_line
 from fleet.privacy.accountant import Accountant
 from fleet.privacy.audit import AuditError
 from fleet.privacy.dp import device_noise_std, private_keys
-from simulations.benchmarks.strategies import LocalGrid
+from simulations.run.local_engine import LocalGrid
 from simulations.server_app import run_fleet
 from strategies.sampling import sample_devices
 

@@ -18,7 +18,7 @@ from fleet.client_app import _secagg_when_asked
 from fleet.config.scenario import parse_config
 from fleet.privacy import secagg
 from fleet.quant.spec import QuantInfo, QuantSpec
-from simulations.benchmarks.strategies import LocalGrid
+from simulations.run.local_engine import LocalGrid
 from strategies.secagg import SecureGrid, secure_mean
 
 BASE = {"a.weight": np.zeros((3, 4), np.float32), "b.bias": np.zeros(5, np.float32)}

@@ -195,6 +195,8 @@ def _check_cross(cfg: ScenarioConfig) -> None:
                           "the npz dataset needs data.root (a folder of <name>_train.npz / <name>_test.npz)")
     if cfg.quant.codec == "qweights" and cfg.quant.weight_bits == 32:
         raise ConfigError("quant.codec", "'qweights' needs quant.weight-bits < 32 (the model's own bit-width)")
+    if cfg.federation.engine == "local" and cfg.ray.address:
+        raise ConfigError("federation.engine", "'local' runs on this machine; a Ray cluster (ray.address) needs 'ray'")
     _check_privacy(cfg)
 
 

@@ -6,7 +6,9 @@ hits all of them), each repetition in a fresh subprocess so Ray starts clean:
 - ``vanilla``: ``vanilla_flower.py``, Flower's FedAvg on the same MLP and digits;
 - ``edgefleet-fp32``: edgefleet full-precision FedAvg (mlp, fp32 codec, no coreset);
 - ``edgefleet-mission``: the mission's default: QuaRC coreset (fraction 0.5), CLC
-  (``clc-beta = "auto"``), W2A2 with packed 2-bit uploads (``qweights``).
+  (``clc-beta = "auto"``), W2A2 with packed 2-bit uploads (``qweights``);
+- ``edgefleet-fp32-local``, ``edgefleet-mission-local``: the same two on the single-machine engine
+  (``federation.engine = "local"``) with one worker process, as Ray gets one CPU.
 
 Both frameworks see 1000 devices, 100 per round, the same rounds, local epochs,
 batch size, learning rate and optimizer (Adam), ``ray.num-cpus = 1``. Digits has
@@ -54,7 +56,7 @@ from simulations.benchmarks.common import RESULTS as RESULTS_DIR
 from simulations.benchmarks.common import git_commit, machine, run_scenario, utc_now, write_json
 
 RESULTS = RESULTS_DIR / "scale.json"
-CASES = ("vanilla", "edgefleet-fp32", "edgefleet-mission")
+CASES = ("vanilla", "edgefleet-fp32", "edgefleet-mission", "edgefleet-fp32-local", "edgefleet-mission-local")
 MISSION = {"coreset.method": "quarc", "coreset.fraction": 0.5, "train.clc-beta": "auto",
            "quant.weight-bits": 2, "quant.act-bits": 2, "quant.codec": "qweights"}
 
@@ -68,8 +70,10 @@ def edgefleet_flat(case: str, devices: int, per_round: int, rounds: int, epochs:
         "model.pretrain-epochs": 5, "train.local-epochs": epochs, "train.lr": 0.005, "train.batch-size": 32,
         "train.optimizer": "adam", "quant.codec": "fp32", "coreset.method": "full", "ray.num-cpus": 1,
     }
-    if case == "edgefleet-mission":
+    if case.startswith("edgefleet-mission"):
         flat.update(MISSION)
+    if case.endswith("-local"):  # the single-machine engine, one worker: Ray's ray.num-cpus = 1
+        flat.update({"federation.engine": "local", "federation.workers": 1})
     return flat
 
 
@@ -233,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.quick:
         args.devices, args.per_round, args.rounds, args.reps = 20, 5, 2, 1
-        args.cases = ["vanilla", "edgefleet-fp32"]
+        if args.cases == list(CASES):  # not chosen on the command line
+            args.cases = ["vanilla", "edgefleet-fp32"]
     args.out = args.out or (args.work / "scale.json" if args.quick else RESULTS)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     work = args.work / stamp

@@ -41,13 +41,10 @@ computed once per process (`memo_reference`), as it is identical for every run o
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
-import traceback
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from multiprocessing import get_context
 from pathlib import Path
@@ -56,16 +53,11 @@ from unittest import mock
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
 from fleet.config.scenario import ScenarioConfig, parse_config
 from simulations.benchmarks.common import RESULTS as RESULTS_DIR
 from simulations.benchmarks.common import SHARED_DATA, ci_text, git_commit, machine, read_json, utc_now, write_json
+from simulations.run.local_engine import LocalGrid, simulate_local
 from simulations.store.rundir import read_jsonl
 from strategies.sampling import draw_faults, sample_devices
 
@@ -109,78 +101,6 @@ QUICK: dict[str, object] = {
 QUICK_STRATEGIES: tuple[str, ...] = ("fedavg", "median", "krum")
 
 
-class LocalGrid(Grid):
-    """A Flower Grid that runs the ClientApp in this process, one message at a time.
-
-    Node ``i + 1`` simulates device (partition) ``i``, with a Context kept across rounds, as
-    Flower's simulation engine does. A ClientApp exception becomes an error reply, as there.
-
-    Parameters
-    ----------
-    client_app : ClientApp
-        The devices' app.
-    num_nodes : int
-        Number of simulated devices.
-    """
-
-    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
-        self.client_app = client_app
-        self.contexts = {
-            i + 1: Context(run_id=1, node_id=i + 1, state=RecordDict(), run_config={},
-                           node_config={"partition-id": i, "num-partitions": num_nodes})
-            for i in range(num_nodes)
-        }
-
-    def set_run(self, run: Run) -> None:  # noqa: D102 - single in-process run
-        pass
-
-    @property
-    def run(self) -> Any:  # noqa: D102
-        raise NotImplementedError("LocalGrid has no SuperLink run")
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # noqa: D102
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        raise NotImplementedError("use send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
-        raise NotImplementedError("use send_and_receive")
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        """Deliver each message to its node's ClientApp and return the replies (``timeout`` unused).
-
-        Each node gets its own copy of the content, as after a real transport: SecAgg+ sends one record to
-        every node, and its client mod consumes keys of what it receives."""
-        replies = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            delivered = _copied(msg)
-            try:
-                reply = self.client_app(delivered, self.contexts[msg.metadata.dst_node_id])
-            except Exception as exc:  # noqa: BLE001 - a device failure is a reply, as in Flower
-                reason = f"{type(exc)}:<'{exc}'>"
-                reply = Message(Error(code=0, reason=reason + traceback.format_exc(limit=2)), reply_to=msg)
-            reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            replies.append(reply)
-        return replies
-
-
-def _copied(msg: Message) -> Message:
-    """``msg`` with its config and metric records copied (its arrays shared: a device does not write into the
-    arrays it received)."""
-    content = RecordDict({k: rec if isinstance(rec, ArrayRecord) else copy.deepcopy(rec)
-                          for k, rec in msg.content.items()})
-    out = Message(content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type,
-                  group_id=msg.metadata.group_id)
-    out.metadata.__dict__.update(msg.metadata.__dict__)
-    return out
-
-
 @contextmanager
 def memo_reference() -> Iterator[None]:
     """Compute each recipe's float reference (and its full-test-set accuracy) once per process."""
@@ -218,15 +138,7 @@ def run_local(cfg: ScenarioConfig, run_dir: Path) -> tuple[dict, float | None]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name)
-    grid = LocalGrid(make_client_app(flat), cfg.federation.num_devices)
-    # Messages take their run and sender from Flower's process identity, which its runtimes set.
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    try:
-        server(grid=grid, context=Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},
-                                          state=RecordDict(), run_config={}))
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    simulate_local(server, lambda: LocalGrid(make_client_app(flat), cfg.federation.num_devices))
     return box, seen.get("round0")
 
 

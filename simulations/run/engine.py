@@ -135,8 +135,17 @@ def shutdown_ray() -> None:
         log.debug("ray shutdown: %s", exc)
 
 
-def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, verbose: bool = False) -> None:
-    """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray."""
+def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, verbose: bool = False,
+             log_path: str = "") -> None:
+    """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray, or on this
+    machine's worker processes (``federation.engine = "local"``; their output goes to ``log_path``)."""
+    if cfg.federation.engine == "local":
+        from simulations.run.local_engine import PoolGrid, simulate_local, workers_for
+
+        fed = cfg.federation
+        simulate_local(server_app, lambda: PoolGrid(cfg.to_flat(), fed.num_devices, workers_for(fed.workers),
+                                                    log_path))
+        return
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning; CPU-only default

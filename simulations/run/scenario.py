@@ -128,7 +128,8 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     box: dict[str, Any] = {}
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
     with routed_logs(run_dir, verbose), interrupt_guard(lambda: _mark_interrupted(run_dir)):
-        simulate(server, make_client_app(flat), cfg, verbose=verbose)
+        simulate(server, make_client_app(flat), cfg, verbose=verbose, log_path="" if verbose else
+                 str(run_dir / "run.log"))
     if box.get("status") == "failed" or not box:
         raise RunFailed(f"{box.get('error', 'the run ended without a summary')} "
                         f"(summary.json marked failed; traceback in {run_dir / 'run.log'})")
