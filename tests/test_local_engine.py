@@ -1,0 +1,64 @@
+"""The single-machine engine: the same results as Ray for the same seed, faults and timeouts as under Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.config.scenario import ConfigError, parse_config
+from tests.whole_run import run_flat
+
+BASE: dict[str, Any] = {
+    "federation.num-devices": 12, "federation.devices-per-round": 4, "federation.rounds": 2, "data.dataset": "digits",
+    "model.arch": "mlp", "model.pretrain-epochs": 2, "data.test-limit": 200, "quant.weight-bits": 2,
+    "quant.act-bits": 2, "quant.codec": "qweights", "coreset.method": "quarc", "coreset.fraction": 0.5,
+    "train.clc-beta": "auto", "ray.num-cpus": 1,
+}
+WALL = ("wall_s", "wall_time_s", "finished_at")
+
+
+def _without_wall(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in WALL} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def ray_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], list[dict]]:
+    return run_flat(BASE, tmp_path_factory.mktemp("ray") / "run", "engines")
+
+
+def test_local_engine_gives_the_ray_engines_results(ray_run: tuple, tmp_path: Path) -> None:
+    summary, rounds, devices = run_flat({**BASE, "federation.engine": "local", "federation.workers": 2},
+                                        tmp_path / "run", "engines")
+    ray_summary, ray_rounds, ray_devices = ray_run
+    assert _without_wall(rounds) == _without_wall(ray_rounds)
+    assert _without_wall(devices) == _without_wall(ray_devices)
+    for key in ("final_accuracy", "uplink_bytes", "downlink_bytes", "sim_time_s", "energy_j", "privacy"):
+        assert summary[key] == ray_summary[key], key
+
+
+def test_a_hung_device_is_cut_at_the_round_timeout_and_its_worker_replaced(tmp_path: Path) -> None:
+    flat = {**BASE, "federation.engine": "local", "federation.workers": 2, "faults.hang": 0.3,
+            "federation.round-timeout-s": 3.0, "federation.rounds": 3}
+    summary, rounds, devices = run_flat(flat, tmp_path / "run", "hang")
+    hung = [d for d in devices if d.get("fault") == "hang"]
+    assert hung, "the seed draws at least one hang"
+    assert all(d["status"] == "failed" and "round-timeout" in d["error"] for d in hung)
+    assert summary["status"] == "complete" and summary["rounds_completed"] == 3
+    # the devices sampled after a replacement still answer: the replacement worker serves the same nodes
+    later = [d for d in devices if d["round"] > min(h["round"] for h in hung) and d.get("fault") is None]
+    assert later and all(d["status"] == "ok" for d in later)
+
+
+def test_a_crashing_device_is_a_failed_reply(tmp_path: Path) -> None:
+    flat = {**BASE, "federation.engine": "local", "federation.workers": 1, "faults.crash": 0.5}
+    summary, _, devices = run_flat(flat, tmp_path / "run", "crash")
+    crashed = [d for d in devices if d.get("fault") == "crash"]
+    assert crashed and all(d["status"] == "failed" and d["error"] for d in crashed)
+    assert summary["status"] == "complete"
+
+
+def test_local_engine_refuses_a_ray_cluster() -> None:
+    with pytest.raises(ConfigError, match="federation.engine"):
+        parse_config({"federation.engine": "local", "ray.address": "auto"})
