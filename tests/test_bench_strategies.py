@@ -9,6 +9,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from simulations.benchmarks import strategies as bench
+from simulations.run.local_engine import LocalGrid, server_identity
 
 
 def test_local_grid_delivers_to_each_node_and_turns_errors_into_replies() -> None:
@@ -22,17 +23,13 @@ def test_local_grid_delivers_to_each_node_and_turns_errors_into_replies() -> Non
             raise RuntimeError("boom")
         return Message(RecordDict({"r": ConfigRecord({"device": pid})}), reply_to=msg)
 
-    grid = bench.LocalGrid(app, num_nodes=3)
+    grid = LocalGrid(app, num_nodes=3)
     nodes = list(grid.get_node_ids())
-    saved = (bench.TaskIdentity._task_id, bench.TaskIdentity._run_id, bench.TaskIdentity._node_id)
-    bench.TaskIdentity.task_id, bench.TaskIdentity.run_id, bench.TaskIdentity.node_id = 1, 1, 0
-    try:
+    with server_identity():
         msgs = [Message(RecordDict({"q": ConfigRecord({"ask": 1})}), dst_node_id=n, message_type="query")
                 for n in nodes]
         # Execute
         replies = grid.send_and_receive(msgs, timeout=1.0)
-    finally:
-        bench.TaskIdentity._task_id, bench.TaskIdentity._run_id, bench.TaskIdentity._node_id = saved
 
     # Assert: one reply per message, from the right node; the failure is an error reply
     assert nodes == [1, 2, 3]

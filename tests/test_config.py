@@ -30,7 +30,7 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-key", {"federation.num-device": 3},
      "federation.num-device: unknown key (valid keys: federation.num-devices, federation.devices-per-round, "
      "federation.rounds, federation.seed, federation.round-timeout-s, federation.eval-every, "
-     "federation.device-eval-limit)"),
+     "federation.device-eval-limit, federation.engine, federation.workers)"),
     ("str-for-int", {"federation.rounds": "3"}, "federation.rounds: must be an integer, got '3'"),
     ("bool-for-int", {"federation.rounds": True}, "federation.rounds: must be an integer, got True"),
     ("float-for-int", {"federation.rounds": 2.5}, "federation.rounds: must be an integer, got 2.5"),
@@ -236,7 +236,7 @@ def test_check_override_accepts_good_values(key: str, text: str) -> None:
     ("federation.nope", "1", "federation.nope: unknown key (valid keys: federation.num-devices, "
      "federation.devices-per-round, federation.rounds, federation.seed, federation.round-timeout-s, "
      "federation.eval-every, "
-     "federation.device-eval-limit)"),
+     "federation.device-eval-limit, federation.engine, federation.workers)"),
     ("devices.profiles.mcu", "-1", "devices.profiles.mcu: must be a number >= 0 (mix weight), got -1"),
     ("devices.profiles.mcu", "abc", "devices.profiles.mcu: must be a number >= 0 (mix weight), got 'abc'"),
 ])

@@ -105,8 +105,9 @@ class FederationConfig:
     eval_every: int = opt(1, "central and on-device evaluation every N rounds (the last round always)", ge=1)
     device_eval_limit: int = opt(0, "on-device evaluation samples: a fixed random subset of the device's "
                                  "held-out split (0 = all)", ge=0)
-    engine: str = opt("ray", "what runs the devices under fleet run: 'ray' (Flower's simulation engine), or "
-                      "'local' (worker processes on this machine, no Ray; docs/scaling.md)", choices=("ray", "local"))
+    engine: str = opt("auto", "what runs the devices under fleet run: 'local' (worker processes on this machine, "
+                      "no Ray), 'ray' (Flower's simulation engine), 'auto' = ray with ray.address, else local "
+                      "(docs/scaling.md)", choices=("auto", "local", "ray"))
     workers: int = opt(0, "engine = 'local': worker processes (0 = one per CPU)", ge=0)
 
 

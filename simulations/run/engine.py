@@ -27,7 +27,7 @@ from fleet.config.scenario import ScenarioConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["backend_config", "simulate", "shutdown_ray", "kill_process_tree", "interrupt_guard"]
+__all__ = ["backend_config", "simulate", "engine_of", "shutdown_ray", "kill_process_tree", "interrupt_guard"]
 
 
 def kill_process_tree() -> None:
@@ -135,11 +135,17 @@ def shutdown_ray() -> None:
         log.debug("ray shutdown: %s", exc)
 
 
+def engine_of(cfg: ScenarioConfig) -> str:
+    """The engine a run uses: ``federation.engine``, with 'auto' = Ray for a cluster (``ray.address``), else local."""
+    engine = cfg.federation.engine
+    return ("ray" if cfg.ray.address else "local") if engine == "auto" else engine
+
+
 def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, verbose: bool = False,
              log_path: str = "") -> None:
     """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray, or on this
     machine's worker processes (``federation.engine = "local"``; their output goes to ``log_path``)."""
-    if cfg.federation.engine == "local":
+    if engine_of(cfg) == "local":
         from simulations.run.local_engine import PoolGrid, simulate_local, workers_for
 
         fed = cfg.federation

@@ -186,6 +186,7 @@ class PoolGrid(_Grid):
                 replies.append(reply)  # a late reply of an earlier round is dropped, as Flower drops it
         for slot in sorted(set(waiting.values())):  # hung past the timeout: replaced, its queue with it
             self.procs[slot].kill()
+            _abandon(self.inboxes[slot])
             self._spawn(slot)
         return replies
 
@@ -197,7 +198,16 @@ class PoolGrid(_Grid):
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
+        for q in [*self.inboxes, self.outbox]:
+            _abandon(q)
         self.procs, self.inboxes = [], []
+
+
+def _abandon(q: Any) -> None:
+    """Close a queue without waiting to flush it: its reader may be gone (a killed worker), and a queue's
+    feeder thread blocked on a full pipe would otherwise hang this process at exit."""
+    q.cancel_join_thread()
+    q.close()
 
 
 def simulate_local(server_app: ServerApp, make_grid: Callable[[], Grid]) -> None:
