@@ -120,14 +120,19 @@ def _handle_query(msg: Message, context: Context, cfg: ScenarioConfig) -> Messag
 
 def _train(bound: Mapping[str, Any] | None, msg: Message, context: Context) -> Message:
     cfg = config_from_run_config(bound if bound is not None else context.run_config)
-    torch.set_num_threads(1)  # one simulated device per Ray CPU slot
+    torch.set_num_threads(device_threads(cfg))  # the device's CPU share, under either engine
     return _handle_train(msg, context, cfg)
 
 
 def _query(bound: Mapping[str, Any] | None, msg: Message, context: Context) -> Message:
     cfg = config_from_run_config(bound if bound is not None else context.run_config)
-    torch.set_num_threads(1)
+    torch.set_num_threads(device_threads(cfg))
     return _handle_query(msg, context, cfg)
+
+
+def device_threads(cfg: ScenarioConfig) -> int:
+    """Torch threads of a running device: its whole CPUs (``ray.num-cpus-per-device``, at least one)."""
+    return max(1, int(cfg.ray.num_cpus_per_device))
 
 
 def make_client_app(flat_config: Mapping[str, Any] | None = None) -> ClientApp:

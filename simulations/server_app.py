@@ -118,7 +118,7 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
         final_arrays = strategy.current or final_arrays
     finally:
         recorder.close()
-    return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, (x_test, y_test))
+    return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, evaluator)
 
 
 def _wrap_grid(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, initial: dict[str, np.ndarray]) -> Grid:
@@ -180,8 +180,9 @@ def _fleet_strategy(cfg: ScenarioConfig, inner: Strategy, start: _Start, run_dir
 
 
 def _finish(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, strategy: FleetStrategy, start: _Start,
-            final_arrays: dict[str, np.ndarray], test: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+            final_arrays: dict[str, np.ndarray], evaluator: CentralEvaluator) -> dict[str, Any]:
     """The final model on disk, its QGT ranking and deployable export, the continual phase; the summary."""
+    test = (evaluator.x_test, evaluator.y_test)
     wb = cfg.quant.weight_bits
     quantized = is_quantized(wb, cfg.quant.act_bits)
     model = copy.deepcopy(start.model)
@@ -189,7 +190,8 @@ def _finish(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, strateg
     save_atomic(model.state_dict(), run_dir / "model.safetensors")
     if cfg.train.qgt_lambda > 0 or quantized:
         write_qgt_report(model, wb if wb < 32 else 8, run_dir)
-    extra: dict[str, Any] = export_deployable(model, start.reference, cfg, run_dir, *test) if quantized else {
+    extra: dict[str, Any] = export_deployable(model, start.reference, cfg, run_dir, *test,
+                                              pred_fq=evaluator.predictions(final_arrays)) if quantized else {
         "model_size_bytes": _fp32_bytes(model), "fp32_model_size_bytes": _fp32_bytes(model)}
     extra["privacy"] = strategy.privacy.summary()
     if cfg.privacy.membership_inference:

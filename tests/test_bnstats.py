@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from fleet.model import bnstats
+from fleet.model.architectures import SmallCNN
 from fleet.model.bnstats import has_batchnorm, reestimate_bn
+from fleet.quant.convert import quantize_model
 
 
 def _model(momentum: float = 0.1) -> nn.Sequential:
@@ -76,3 +81,40 @@ def test_empty_input_or_no_batchnorm_changes_nothing() -> None:
     lin = nn.Linear(3, 4)
     assert not has_batchnorm(lin) and has_batchnorm(m)
     assert reestimate_bn(lin, _x()) is lin
+
+
+class _SharedBN(nn.Module):
+    """One BatchNorm called twice per forward: measured over both calls, with whole forwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(3)
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.lin(self.bn(x)))
+
+
+def test_passes_that_stop_at_the_measured_batchnorm_give_the_whole_forwards_statistics(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = quantize_model(SmallCNN((1, 12, 12), 4), 2, 2)
+    x = torch.randn(300, 1, 12, 12)
+    model(x[:64])
+    early, whole = copy.deepcopy(model), copy.deepcopy(model)
+    reestimate_bn(early, x, batch_size=128)
+    monkeypatch.setattr(bnstats, "_called_once_each", lambda *_: False)
+    reestimate_bn(whole, x, batch_size=128)
+    a, b = early.state_dict(), whole.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], model.state_dict()[k]) for k in a if k.endswith("running_var"))
+
+
+def test_a_batchnorm_called_twice_is_measured_over_both_calls() -> None:
+    torch.manual_seed(0)
+    model = _SharedBN().eval()
+    x = torch.randn(50, 3) * 2 + 1
+    with torch.no_grad():
+        inner = model.lin(model.bn(x))  # the second call's input during the measuring pass (old statistics)
+    reestimate_bn(model, x)
+    both = torch.cat([x, inner])
+    assert torch.allclose(model.bn.running_mean, both.mean(0), atol=1e-5)

@@ -108,7 +108,7 @@ class FederationConfig:
     engine: str = opt("auto", "what runs the devices under fleet run: 'local' (worker processes on this machine, "
                       "no Ray), 'ray' (Flower's simulation engine), 'auto' = ray with ray.address, else local "
                       "(docs/scaling.md)", choices=("auto", "local", "ray"))
-    workers: int = opt(0, "engine = 'local': worker processes (0 = one per CPU)", ge=0)
+    workers: int = opt(0, "engine = 'local': worker processes (0 = CPUs / ray.num-cpus-per-device)", ge=0)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,9 @@ class StrategyConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    num_cpus_per_device: float = opt(1.0, "CPUs Ray reserves per running device", gt=0)
+    num_cpus_per_device: float = opt(1.0, "CPUs per running device: Ray reserves them, the device trains "
+                                     "with that many torch threads (whole CPUs, at least 1), and the local "
+                                     "engine runs CPUs / threads workers", gt=0)
     num_gpus_per_device: float = opt(0.0, "GPUs Ray reserves per running device", ge=0)
     num_cpus: int = opt(0, "CPUs Ray may use (0 = all)", ge=0)
     address: str = opt("", "address of an existing Ray cluster to join (empty = start one)")

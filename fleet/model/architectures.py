@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 __all__ = ["MODELS", "build_model", "block_names"]
@@ -126,6 +125,8 @@ class ResNet20(nn.Module):
 def _resnet18(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     # torchvision's ImageNet stem (7x7 stride 2 + maxpool) leaves 1x1 maps on 32x32
     # inputs; the usual small-input adaptation is a 3x3 stride-1 stem and no maxpool.
+    import torchvision  # lazily: importing it costs about 1 s (it imports torch._dynamo), most runs never need it
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_shape[0], 64, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
@@ -134,6 +135,8 @@ def _resnet18(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 
 
 def _mobilenet_v2(in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     # CIFAR-style adaptation (as in ACS's QMobilenetv2): stride-1 stem and a
     # stride-1 24-channel stage, so 32x32 inputs keep 4x4 maps before pooling.

@@ -175,5 +175,21 @@ def reference_model(cfg: ScenarioConfig, fd: FleetData) -> tuple[nn.Module, str,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    acc, _ = evaluate(model, ds.x_test, ds.y_test)
-    return model, state_hash(model.state_dict()), acc
+    digest = state_hash(model.state_dict())
+    return model, digest, _test_accuracy(cfg, model, digest, ds.x_test, ds.y_test)
+
+
+def _test_accuracy(cfg: ScenarioConfig, model: nn.Module, digest: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The reference's accuracy on the central test split, cached by (weights, test split) content: a full
+    test pass costs seconds on each run, and neither side changes between runs of one recipe."""
+    h = hashlib.sha256(str((tuple(x.shape), str(x.dtype))).encode())
+    h.update(y.numpy().tobytes())
+    h.update(x[:: max(1, len(x) // 256)].contiguous().numpy().tobytes())  # a spread sample of the inputs
+    path = cache_dir(cfg) / "refs" / "accuracy" / f"{digest}-{h.hexdigest()[:16]}.json"
+    try:
+        return float(json.loads(path.read_text())["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    acc, _ = evaluate(model, x, y)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps({"accuracy": acc})))
+    return acc

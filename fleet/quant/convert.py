@@ -20,11 +20,11 @@ torch.Size([2, 10])
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -201,7 +201,8 @@ def default_keep_fp(model: nn.Module) -> list[str]:
     if linears:
         keep.append(linears[-1])
     keep += [n for n, m in layers if "downsample" in n and type(m) is nn.Conv2d]
-    if isinstance(model, torchvision.models.MobileNetV2):
+    tv_models = sys.modules.get("torchvision.models")  # not imported: the model cannot be torchvision's
+    if tv_models is not None and isinstance(model, tv_models.MobileNetV2):
         keep.append(f"features.{len(model.features) - 1}.0")
     return list(dict.fromkeys(keep))  # de-duplicate, keep order
 

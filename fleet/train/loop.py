@@ -28,8 +28,8 @@ from fleet.train.schedule import lr_factor, progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "Schedule", "train_local", "make_optimizer", "evaluate", "optimizer_state",
-           "load_optimizer_state", "OPT_PREFIX"]
+__all__ = ["TrainResult", "Schedule", "train_local", "make_optimizer", "evaluate", "evaluate_predictions",
+           "optimizer_state", "load_optimizer_state", "OPT_PREFIX"]
 
 OPT_PREFIX = "opt."  # device-state keys of the optimizer's state
 
@@ -254,14 +254,23 @@ def load_optimizer_state(opt: torch.optim.Optimizer, flat: dict[str, np.ndarray]
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` on (x, y), in eval mode."""
+    acc, loss, _ = evaluate_predictions(model, x, y, batch_size)
+    return acc, loss
+
+
+@torch.no_grad()
+def evaluate_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         batch_size: int = 512) -> tuple[float, float, torch.Tensor]:
+    """(accuracy, mean cross-entropy, predicted classes) of ``model`` on (x, y), in eval mode."""
     if len(y) == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), torch.zeros(0, dtype=torch.long)
     was_training = model.training
     model.eval()
-    correct, loss = 0, 0.0
+    loss, preds = 0.0, []
     for s in range(0, len(y), batch_size):
         logits = model(x[s:s + batch_size])
         loss += float(F.cross_entropy(logits, y[s:s + batch_size], reduction="sum"))
-        correct += int((logits.argmax(1) == y[s:s + batch_size]).sum())
+        preds.append(logits.argmax(1))
     model.train(was_training)
-    return correct / len(y), loss / len(y)
+    pred = torch.cat(preds)
+    return int((pred == y).sum()) / len(y), loss / len(y), pred

@@ -146,11 +146,12 @@ def simulate(server_app: ServerApp, client_app: ClientApp, cfg: ScenarioConfig, 
     """Run ``server_app`` against ``cfg.federation.num-devices`` simulated SuperNodes on Ray, or on this
     machine's worker processes (``federation.engine = "local"``; their output goes to ``log_path``)."""
     if engine_of(cfg) == "local":
+        from fleet.client_app import device_threads
         from simulations.run.local_engine import PoolGrid, simulate_local, workers_for
 
         fed = cfg.federation
-        simulate_local(server_app, lambda: PoolGrid(cfg.to_flat(), fed.num_devices, workers_for(fed.workers),
-                                                    log_path))
+        workers = workers_for(fed.workers, device_threads(cfg))
+        simulate_local(server_app, lambda: PoolGrid(cfg.to_flat(), fed.num_devices, workers, log_path))
         return
     from flwr.simulation import run_simulation
 

@@ -223,8 +223,8 @@ def simulate_local(server_app: ServerApp, make_grid: Callable[[], Grid]) -> None
             close()
 
 
-def workers_for(requested: int) -> int:
-    """``federation.workers``: 0 = one per CPU."""
-    return requested if requested > 0 else (os.cpu_count() or 1)
+def workers_for(requested: int, threads_per_device: int = 1) -> int:
+    """``federation.workers``: 0 = as many as the CPUs hold devices of ``threads_per_device`` threads."""
+    return requested if requested > 0 else max(1, (os.cpu_count() or 1) // max(1, threads_per_device))
 
 

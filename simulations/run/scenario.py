@@ -119,7 +119,7 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     so ``fleet resume`` continues it) and Ray is shut down before the KeyboardInterrupt propagates.
     """
     from fleet.client_app import make_client_app
-    from simulations.run.engine import interrupt_guard, simulate
+    from simulations.run.engine import engine_of, interrupt_guard, simulate
     from simulations.run.logs import routed_logs
     from simulations.server_app import make_server_app
 
@@ -127,7 +127,8 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     flat = cfg.to_flat()
     box: dict[str, Any] = {}
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
-    with routed_logs(run_dir, verbose), interrupt_guard(lambda: _mark_interrupted(run_dir)):
+    on_ray = engine_of(cfg) == "ray"
+    with routed_logs(run_dir, verbose, ray=on_ray), interrupt_guard(lambda: _mark_interrupted(run_dir)):
         simulate(server, make_client_app(flat), cfg, verbose=verbose, log_path="" if verbose else
                  str(run_dir / "run.log"))
     if box.get("status") == "failed" or not box:

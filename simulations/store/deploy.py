@@ -38,13 +38,16 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def export_deployable(qmodel: nn.Module, reference: nn.Module, cfg: ScenarioConfig, run_dir: Path,
-                      x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, Any]:
-    """Export, save as ``model-int.safetensors``, re-load, evaluate; returns summary fields."""
+                      x_test: torch.Tensor, y_test: torch.Tensor,
+                      pred_fq: torch.Tensor | None = None) -> dict[str, Any]:
+    """Export, save as ``model-int.safetensors``, re-load, evaluate; returns summary fields. ``pred_fq``: the
+    fake-quantized model's predictions on ``x_test`` if already computed (the final round's evaluation)."""
     arrays = export_quantized(qmodel)
     save_export(run_dir / "model-int.safetensors", arrays)
     deployed = load_exported(arrays, reference)
     pred_int = _predict(deployed, x_test)
-    pred_fq = _predict(qmodel, x_test)
+    if pred_fq is None:
+        pred_fq = _predict(qmodel, x_test)
     agreement = float((pred_int == pred_fq).float().mean())
     if agreement < 0.999:
         log.warning("exported model agrees with the fake-quantized one on only %.2f%% of test samples",
