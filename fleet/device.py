@@ -25,7 +25,7 @@ from fleet.config.scenario import ScenarioConfig
 from fleet.coreset.base import SelectionContext, Selector
 from fleet.coreset.persistence import select_or_reuse
 from fleet.coreset.selectors import build_selector
-from fleet.data.splits import DeviceData, device_data, eval_subset, fleet_data, seeded_subset
+from fleet.data.splits import DeviceData, device_data, device_data_key, eval_subset, fleet_data, seeded_subset
 from fleet.hardware import faults as faultlib
 from fleet.hardware.catalogue import resolve_profile
 from fleet.hardware.clock import RoundCost, apply_deadline, device_round_cost
@@ -166,7 +166,8 @@ def _select_coreset(rnd: _Round, model: nn.Module, state: State) -> _Coreset:
         ctx = SelectionContext(qmodel=model, fpmodel=rnd.reference, epoch=ins.server_round - 1,
                                total_epochs=cfg.federation.rounds, rng=rnd.rng(2),
                                num_classes=fleet_data(cfg).dataset.num_classes, balanced=cfg.coreset.balanced,
-                               score_norm=cfg.coreset.score_norm, schedule=cfg.coreset.schedule)
+                               score_norm=cfg.coreset.score_norm, schedule=cfg.coreset.schedule,
+                               fp_key=(ins.ref_hash, device_data_key(cfg, ins.device)))
         core.selector = build_selector(method, **({"redraw": cfg.coreset.redraw} if method == "random" else {}))
         res = select_or_reuse(core.selector, data.x, data.y, cfg.coreset.fraction, ctx, state, ins.participation,
                               cfg.coreset.reselect_every)

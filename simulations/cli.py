@@ -41,10 +41,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from simulations.run import startup
     from simulations.run.progress import Progress
     from simulations.run.scenario import load_config, preflight, run_config
     from simulations.store.results import new_run_dir
 
+    startup.mark("imports")
     cfg, _ = load_config(args.scenario, args.overrides)
     for w in preflight(cfg):
         print(f"warning: {w}", file=sys.stderr)

@@ -33,6 +33,7 @@ from fleet.quant.codecs import scenario_codec
 from fleet.quant.convert import init_quantizers
 from fleet.quant.spec import is_quantized
 from simulations.analysis.leakage import measure_leakage
+from simulations.run import startup
 from simulations.run.continual import run_stream_phase
 from simulations.store.checkpoint import (
     Checkpoint,
@@ -76,6 +77,7 @@ class _Start:
 def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None,
               resume: bool = False) -> dict[str, Any]:
     """Run the scenario's federated phase on ``grid`` (or continue it from its last checkpoint); returns the summary."""
+    startup.mark("engine")
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
     try:
@@ -98,11 +100,12 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
     grid = _wrap_grid(grid, cfg, strategy, start.initial)
     # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
     strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
+    startup.mark("roster")
     ds = start.fd.dataset
     x_test, y_test = test_subset(ds.x_test, ds.y_test, cfg.data.test_limit)
     evaluator = CentralEvaluator(start.model, x_test, y_test)
     recorder = RoundRecorder(out, run_dir, strategy, inner, cfg_hash, cfg.output.keep_checkpoints, progress,
-                             tensorboard=cfg.output.tensorboard)
+                             tensorboard=cfg.output.tensorboard, on_start=_startup_done(out))
     final_arrays = start.initial
     remaining = cfg.federation.rounds - strategy.round_offset
     try:
@@ -119,6 +122,16 @@ def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: 
     finally:
         recorder.close()
     return _finish(grid, cfg, out, run_dir, strategy, start, final_arrays, evaluator)
+
+
+def _startup_done(out: RunDir) -> Callable[[], None]:
+    """After round 0's evaluation: the start-up's phases go into the summary (``startup_s``)."""
+
+    def done() -> None:
+        startup.mark("initial_evaluation")
+        out.summary["startup_s"] = startup.phases()
+
+    return done
 
 
 def _wrap_grid(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, initial: dict[str, np.ndarray]) -> Grid:
@@ -150,7 +163,9 @@ def _global_start(cfg: ScenarioConfig, out: RunDir, ckpt: Checkpoint | None) -> 
     ds = fd.dataset
     if ckpt is None:
         out.write_partition(fd.histograms(), [len(t) for t in fd.train], [len(v) for v in fd.val])
+    startup.mark("data")
     reference, ref_hash, fp_acc = reference_model(cfg, fd)
+    startup.mark("reference")
     out.summary["fp_reference_accuracy"] = fp_acc
     model = trainable_model(cfg, reference, cfg.quant.weight_bits, cfg.quant.act_bits)
     if is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits) and ckpt is None:
@@ -158,6 +173,7 @@ def _global_start(cfg: ScenarioConfig, out: RunDir, ckpt: Checkpoint | None) -> 
         init_quantizers(model, ds.x_train[calib[:256]])
         reestimate_bn(model, ds.x_train[calib[:BN_REFRESH_SAMPLES]])  # the quantized model's own statistics
     initial = state_arrays(model) if ckpt is None else ckpt.arrays
+    startup.mark("global_model")
     return _Start(fd, reference, ref_hash, model, initial)
 
 

@@ -114,3 +114,38 @@ def test_score_pass_q_only_spends_one_pass_per_sample() -> None:
     )
     assert out["passes"] == 7
     assert "ds" not in out and "res" not in out
+
+
+def test_the_frozen_references_outputs_are_computed_once_per_key_and_are_the_same(monkeypatch) -> None:
+    from fleet.coreset import scores
+
+    torch.manual_seed(0)
+    q, f = nn.Sequential(nn.Linear(4, 3)), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    calls = []
+    f.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(scores, "_FP_MEMO", type(scores._FP_MEMO)())
+    fresh = score_pass(q, f, x, y, batch_size=16)
+    first = score_pass(q, f, x, y, batch_size=16, fp_key=("ref", 0))
+    with torch.no_grad():
+        q[0].weight.mul_(2)  # the quantized model changes between rounds; F's outputs do not
+    second = score_pass(q, f, x, y, batch_size=16, fp_key=("ref", 0))
+    assert len(calls) == 3 + 3  # three batches without the key, three the first time with it, none after
+    for key in ("logits_f", "ds", "res", "evs"):
+        assert torch.equal(fresh[key], first[key])
+    assert torch.equal(first["logits_f"], second["logits_f"]) and second["passes"] == first["passes"] == 80
+    assert not torch.equal(first["res"], second["res"])  # the live Q model is scored again
+    score_pass(q, f, x, y, batch_size=16, fp_key=("ref", 1))  # another device: computed
+    assert len(calls) == 9
+
+
+def test_the_memo_drops_the_least_recently_used_outputs_beyond_its_byte_budget(monkeypatch) -> None:
+    from fleet.coreset import scores
+
+    monkeypatch.setattr(scores, "_FP_MEMO", type(scores._FP_MEMO)())
+    monkeypatch.setattr(scores, "FP_MEMO_BYTES", 2 * 40 * 3 * 4)  # two devices' logits
+    f = nn.Linear(4, 3)
+    x = torch.randn(40, 4)
+    for dev in range(3):
+        score_pass(None, f, x, torch.zeros(40, dtype=torch.long), fp_key=dev)
+    assert [k[0] for k in scores._FP_MEMO] == [1, 2]

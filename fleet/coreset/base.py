@@ -7,6 +7,7 @@ survive between rounds (a kept random draw, forgetting records) lives in a small
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,9 @@ class SelectionContext:
         over the device's data before mixing (default: "none").
     schedule : str
         Weight on EVS, a key of ``SCHEDULES`` (default: "paper").
+    fp_key : hashable or None
+        Names (fpmodel, the data scored) within the process, so the frozen reference's outputs on a
+        device's fixed data are computed once (``score_pass``); None: computed at every selection.
     """
 
     qmodel: nn.Module | None
@@ -60,6 +64,7 @@ class SelectionContext:
     balanced: bool = True
     score_norm: str = "none"
     schedule: str = "paper"
+    fp_key: Hashable | None = None
 
     def __post_init__(self) -> None:
         """Validate the names and sizes once, before any scoring."""

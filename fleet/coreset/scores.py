@@ -10,13 +10,19 @@ does, and returns logits, the three scores and (optionally) FP penultimate featu
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ScorePass", "ds", "evs", "res", "res_from_logits", "score_pass"]
+__all__ = ["ScorePass", "ds", "evs", "res", "res_from_logits", "score_pass", "FP_MEMO_BYTES"]
+
+#: Bytes of float-reference outputs this process keeps (least recently used dropped first)
+FP_MEMO_BYTES = 256 * 2**20
+_FP_MEMO: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
 
 
 def evs(p_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -147,6 +153,7 @@ def score_pass(
     y: torch.Tensor,
     batch_size: int = 256,
     features: bool = False,
+    fp_key: Hashable | None = None,
 ) -> ScorePass:
     """Run Q and/or F over the device's data once and compute the scores.
 
@@ -167,6 +174,10 @@ def score_pass(
         Scoring batch size (default: 256).
     features : bool
         Also capture the FP model's penultimate features (default: False).
+    fp_key : hashable or None
+        Names (F, x) for this process: F's outputs on x are fixed (F is frozen, a device's data does not
+        change), so with a key they are computed once and reused (default: None, always computed). The
+        outputs are the same tensors either way; ``passes`` still counts F's pass, which the method runs.
 
     Returns
     -------
@@ -185,7 +196,7 @@ def score_pass(
         out["evs"] = evs(z_q.softmax(1), y.cpu())
         out["passes"] += n
     if fpmodel is not None:
-        z_f, f = _run(fpmodel, x, batch_size, features=features)
+        z_f, f = _fp_outputs(fpmodel, x, batch_size, features, fp_key)
         out["logits_f"] = z_f
         if f is not None:
             out["features_f"] = f
@@ -193,6 +204,27 @@ def score_pass(
     if qmodel is not None and fpmodel is not None:
         out["ds"] = ds(out["logits_q"].softmax(1), z_f.softmax(1))
         out["res"] = res_from_logits(out["logits_q"], z_f)
+    return out
+
+
+def _fp_outputs(fpmodel: nn.Module, x: torch.Tensor, batch_size: int, features: bool,
+                key: Hashable | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """F's logits (and features) on x, from the process's memo when ``key`` names them (see score_pass)."""
+    if key is None:
+        return _run(fpmodel, x, batch_size, features=features)
+    full_key = (key, batch_size, features, tuple(x.shape))
+    hit = _FP_MEMO.get(full_key)
+    if hit is not None:
+        _FP_MEMO.move_to_end(full_key)
+        return hit
+    out = _run(fpmodel, x, batch_size, features=features)
+    _FP_MEMO[full_key] = out
+
+    def nbytes(v: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+        return sum(t.numel() * t.element_size() for t in v if t is not None)
+
+    while len(_FP_MEMO) > 1 and sum(nbytes(v) for v in _FP_MEMO.values()) > FP_MEMO_BYTES:
+        _FP_MEMO.popitem(last=False)
     return out
 
 

@@ -147,7 +147,7 @@ class TermSelector(Selector):
         """Score with the current Q (and F for DS/RES)."""
         q = _require(ctx.qmodel, "qmodel")
         f = None if self.name == "evs" else _require(ctx.fpmodel, "fpmodel")
-        out = score_pass(q, f, x, y, ctx.batch_size)
+        out = score_pass(q, f, x, y, ctx.batch_size, fp_key=ctx.fp_key)
         s = normalize(out[self.name].numpy(), ctx.score_norm)  # type: ignore[literal-required]
         return s, out["passes"], state
 
@@ -180,7 +180,7 @@ class MixSelector(Selector):
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Mix the normalised terms with the schedule's weight at ``ctx.epoch``."""
         q, f = _require(ctx.qmodel, "qmodel"), _require(ctx.fpmodel, "fpmodel")
-        out = score_pass(q, f, x, y, ctx.batch_size)
+        out = score_pass(q, f, x, y, ctx.batch_size, fp_key=ctx.fp_key)
         w = SCHEDULES[ctx.schedule](ctx.epoch, ctx.total_epochs)
         s = w * normalize(out["evs"].numpy(), ctx.score_norm)
         s = s + (1 - w) * normalize(out["ds"].numpy(), ctx.score_norm)
@@ -234,7 +234,7 @@ class ModerateSelector(Selector):
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Score from one FP pass with a feature hook."""
         out = score_pass(
-            None, _require(ctx.fpmodel, "fpmodel"), x, y, ctx.batch_size, True
+            None, _require(ctx.fpmodel, "fpmodel"), x, y, ctx.batch_size, True, fp_key=ctx.fp_key
         )
         s = moderate_scores(out["features_f"].numpy(), y.cpu().numpy())
         return normalize(s, ctx.score_norm), out["passes"], state

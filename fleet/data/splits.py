@@ -17,7 +17,8 @@ from fleet.config.scenario import ScenarioConfig
 from fleet.data.datasets import Dataset, load_dataset
 from fleet.data.partition import label_histograms, partition
 
-__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "test_subset", "eval_subset", "seeded_subset"]
+__all__ = ["FleetData", "DeviceData", "fleet_data", "device_data", "device_data_key", "test_subset", "eval_subset",
+           "seeded_subset"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ def _data_key(cfg: ScenarioConfig) -> tuple:
 def fleet_data(cfg: ScenarioConfig) -> FleetData:
     """The fleet's data for a scenario (cached per process)."""
     return _build(*_data_key(cfg))
+
+
+def device_data_key(cfg: ScenarioConfig, device: int) -> tuple:
+    """What names device ``device``'s data in this process (the same data for the same key)."""
+    return (_data_key(cfg), device)
 
 
 def device_data(cfg: ScenarioConfig, device: int) -> DeviceData:

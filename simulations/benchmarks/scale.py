@@ -61,11 +61,13 @@ MISSION = {"coreset.method": "quarc", "coreset.fraction": 0.5, "train.clc-beta":
            "quant.weight-bits": 2, "quant.act-bits": 2, "quant.codec": "qweights"}
 
 
-def edgefleet_flat(case: str, devices: int, per_round: int, rounds: int, epochs: int, seed: int) -> dict[str, Any]:
-    """The scenario of an edgefleet case (flat dotted keys)."""
+def edgefleet_flat(case: str, devices: int, per_round: int, rounds: int, epochs: int, seed: int,
+                   root: str = "") -> dict[str, Any]:
+    """The scenario of an edgefleet case (flat dotted keys); ``root``: an npz folder instead of digits."""
     flat: dict[str, Any] = {
         "federation.num-devices": devices, "federation.devices-per-round": per_round,
-        "federation.rounds": rounds, "federation.seed": seed, "data.dataset": "digits",
+        "federation.rounds": rounds, "federation.seed": seed, "data.dataset": "npz" if root else "digits",
+        "data.root": root,
         "data.partition": "iid", "data.min-partition-size": 1, "model.arch": "mlp",
         "model.pretrain-epochs": 5, "train.local-epochs": epochs, "train.lr": 0.005, "train.batch-size": 32,
         "train.optimizer": "adam", "quant.codec": "fp32", "coreset.method": "full", "ray.num-cpus": 1,
@@ -77,7 +79,8 @@ def edgefleet_flat(case: str, devices: int, per_round: int, rounds: int, epochs:
     return flat
 
 
-def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epochs: int, seed: int) -> None:
+def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epochs: int, seed: int,
+           root: str = "") -> None:
     """Run one case in this process; writes ``out/result.json`` (round walls, accuracy)."""
     import torch
 
@@ -87,7 +90,7 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
         from simulations.benchmarks.vanilla_flower import run
 
         timing = out / "vanilla_timing.json"
-        run(devices, per_round, rounds, epochs, timing, num_cpus=1, seed=seed)
+        run(devices, per_round, rounds, epochs, timing, num_cpus=1, seed=seed, root=root)
         data = json.loads(timing.read_text())
         walls, acc = data["round_wall_s"], data["accuracy"][-1]
     else:
@@ -96,7 +99,7 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
 
         run_dir = out / "run"
         run_dir.mkdir()
-        cfg = parse_config(edgefleet_flat(case, devices, per_round, rounds, epochs, seed), name=case)
+        cfg = parse_config(edgefleet_flat(case, devices, per_round, rounds, epochs, seed, root), name=case)
         summary, _ = run_scenario(cfg, run_dir)
         # round 0 is the starting model's evaluation, not a round
         rows = [r for r in read_jsonl(run_dir / "rounds.jsonl", []) if r["round"] > 0]
@@ -156,7 +159,7 @@ def run_case(case: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One repetition of one case in a fresh subprocess, with its wall time and peak memory."""
     cmd = [sys.executable, "-m", "simulations.benchmarks.scale", "--worker", case, "--out", str(out),
            "--devices", str(args.devices), "--per-round", str(args.per_round), "--rounds", str(args.rounds),
-           "--epochs", str(args.epochs), "--seeds", str(args.seeds[0])]
+           "--epochs", str(args.epochs), "--seeds", str(args.seeds[0]), "--root", args.root]
     env = {**os.environ, "EDGEFLEET_CACHE": str(args.cache)}
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -227,13 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each case")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="federation seed (the first is used)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--root", default="", help="npz folder (e.g. ../shared/data/mnist, for 10,000 devices: "
+                                                   "digits has 1347 training samples); default: digits")
     parser.add_argument("--quick", action="store_true", help="tiny budget (< 60 s): 20 devices, 2 rounds, 1 rep")
     parser.add_argument("--out", type=Path, default=None, help="JSON record (default: results/scale.json)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-scale"), help="run directories")
     parser.add_argument("--worker", choices=CASES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.out, args.devices, args.per_round, args.rounds, args.epochs, args.seeds[0])
+        worker(args.worker, args.out, args.devices, args.per_round, args.rounds, args.epochs, args.seeds[0],
+               args.root)
         return
     if args.quick:
         args.devices, args.per_round, args.rounds, args.reps = 20, 5, 2, 1
@@ -261,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
               "total_wall_s": time.perf_counter() - start,
               "settings": {"devices": args.devices, "per_round": args.per_round, "rounds": args.rounds,
                            "local_epochs": args.epochs, "reps": args.reps, "seed": args.seeds[0],
+                           "dataset": args.root or "digits",
                            "cases": args.cases, "ray_num_cpus": 1, "batch_size": 32, "lr": 0.005,
                            "optimizer": "adam", "mission_keys": MISSION, "memory_sampling_s": 0.2,
                            "timing": "with start-up = subprocess wall / device-rounds; rounds = mean wall of "

@@ -51,27 +51,29 @@ class _Measured(Exception):
 
 
 @torch.no_grad()
-def refresh_bn(model: nn.Module, x: torch.Tensor) -> None:
+def refresh_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
     """Each BatchNorm's running mean and (unbiased) variance := those of its input over ``x``, measured in eval
-    mode in forward order (earlier BatchNorms already refreshed); the model is left in eval mode."""
+    mode in forward order (earlier BatchNorms already refreshed), in batches; the model is left in eval mode."""
     model.eval()
     for bn in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
-        seen: list[torch.Tensor] = []
+        acc = torch.zeros(3, bn.num_features, dtype=torch.float64)  # count, sum, sum of squares
 
-        def grab(_m: nn.Module, args: tuple[torch.Tensor, ...], seen: list = seen) -> None:
-            seen.append(args[0])
+        def grab(_m: nn.Module, args: tuple[torch.Tensor, ...], acc: torch.Tensor = acc) -> None:
+            t = args[0].double()
+            acc += torch.stack([torch.full_like(acc[0], t.numel() / t.shape[1]), t.sum((0, 2, 3)),
+                                (t * t).sum((0, 2, 3))])
             raise _Measured
 
         handle = bn.register_forward_pre_hook(grab)
-        try:
-            model(x)
-        except _Measured:
-            pass
-        finally:
-            handle.remove()
-        t = seen[0].double()
-        bn.running_mean.copy_(t.mean((0, 2, 3)).float())  # type: ignore[union-attr]
-        bn.running_var.copy_(t.var((0, 2, 3)).float())  # type: ignore[union-attr]
+        for s in range(0, len(x), batch_size):
+            try:
+                model(x[s:s + batch_size])
+            except _Measured:
+                pass
+        handle.remove()
+        n, mean = acc[0], acc[1] / acc[0]
+        bn.running_mean.copy_(mean.float())  # type: ignore[union-attr]
+        bn.running_var.copy_(((acc[2] - n * mean * mean) / (n - 1)).float())  # type: ignore[union-attr]
 
 
 def load_npz(root: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +106,7 @@ def plain_run(data: tuple[torch.Tensor, ...], ref_path: str, wbits: int, abits: 
     opt = torch.optim.Adam(student.parameters(), lr=recipe["train.lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(size / batch)))
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    curve, subset = [plain.evaluate(student, x_test, y_test)], np.arange(0)
+    curve, subset = [plain.evaluate(student, x_test, y_test, batch_size=512)], np.arange(0)
     for epoch in range(epochs):
         if epoch % recipe["coreset.reselect-every"] == 0:
             subset = plain.balanced_random_coreset(y, frac, rng)
@@ -114,7 +116,7 @@ def plain_run(data: tuple[torch.Tensor, ...], ref_path: str, wbits: int, abits: 
             sched.step()
         refresh_bn(student, x[torch.from_numpy(subset)])
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
-            curve.append(plain.evaluate(student, x_test, y_test))
+            curve.append(plain.evaluate(student, x_test, y_test, batch_size=512))
     return {"final_accuracy": curve[-1], "curve": curve}
 
 

@@ -119,10 +119,12 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     so ``fleet resume`` continues it) and Ray is shut down before the KeyboardInterrupt propagates.
     """
     from fleet.client_app import make_client_app
+    from simulations.run import startup
     from simulations.run.engine import engine_of, interrupt_guard, simulate
     from simulations.run.logs import routed_logs
     from simulations.server_app import make_server_app
 
+    startup.begin()
     run_dir.mkdir(parents=True, exist_ok=True)
     flat = cfg.to_flat()
     box: dict[str, Any] = {}

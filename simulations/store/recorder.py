@@ -72,6 +72,7 @@ class RoundRecorder:
     keep_checkpoints: int
     progress: ProgressFn | None = None
     tensorboard: bool = False
+    on_start: Callable[[], None] | None = None  # after round 0 is evaluated, before it is recorded
 
     def __post_init__(self) -> None:
         self._t = time.perf_counter()
@@ -79,6 +80,8 @@ class RoundRecorder:
         self.tb = TensorBoardLog(self.run_dir, (self.run_dir / "config.toml").read_text()) if self.tensorboard else None
 
     def start(self, metrics: Metrics) -> None:
+        if self.on_start is not None:
+            self.on_start()
         self._track(self.out.record_start(*metrics, self._lap()), ())
 
     def round(self, server_round: int, arrays: dict[str, np.ndarray], metrics: Metrics) -> None:
