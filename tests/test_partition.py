@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import fleet.data.splits as fleetdata
 from fleet.config.scenario import parse_config
@@ -201,3 +202,15 @@ def test_test_subset_is_class_mixed_and_fixed() -> None:
     assert len(ys) == 100 and set(ys.tolist()) == set(range(10))
     assert torch.equal(xs, xs2)
     assert test_subset(x, y, 0)[0] is x
+
+
+def test_a_device_holding_the_whole_training_set_shares_the_process_copy() -> None:
+    cfg = parse_config({"federation.num-devices": 1, "federation.devices-per-round": 1, "data.partition": "iid",
+                        "data.val-fraction": 0.0, "data.public-fraction": 0.0})
+    ds = fleet_data(cfg).dataset
+    d = device_data(cfg, 0)
+    assert d.x.data_ptr() == ds.x_train.data_ptr() and torch.equal(d.x, ds.x_train)  # a view, not a copy
+    split = parse_config({"federation.num-devices": 3, "federation.devices-per-round": 1, "data.partition": "iid"})
+    fd = fleet_data(split)
+    d1 = device_data(split, 1)
+    assert torch.equal(d1.x, fd.dataset.x_train[fd.train[1]]) and torch.equal(d1.y_val, fd.dataset.y_train[fd.val[1]])

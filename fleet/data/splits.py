@@ -101,7 +101,21 @@ def _device_data(key: tuple, device: int) -> DeviceData:
     fd = _build(*key)
     ds = fd.dataset
     tr, va = fd.train[device], fd.val[device]
-    return DeviceData(ds.x_train[tr], ds.y_train[tr], ds.x_train[va], ds.y_train[va])
+    return DeviceData(_take(ds.x_train, tr), _take(ds.y_train, tr), _take(ds.x_train, va), _take(ds.y_train, va))
+
+
+def _take(t: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """``t[idx]``; a view when ``idx`` is a run of consecutive indices (a device holding the whole training set
+    shares the process's copy instead of holding a second one). Read-only either way, as the dataset is.
+
+    >>> t = torch.arange(6)
+    >>> _take(t, np.arange(2, 5)).data_ptr() == t[2:].data_ptr(), _take(t, np.array([0, 2])).tolist()
+    (True, [0, 2])
+    """
+    idx = np.asarray(idx)
+    if len(idx) > 1 and idx[-1] - idx[0] == len(idx) - 1 and bool(np.all(np.diff(idx) == 1)):
+        return t[int(idx[0]):int(idx[-1]) + 1]
+    return t[idx]
 
 
 def eval_subset(n: int, limit: int, seed: int, device: int) -> torch.Tensor:
