@@ -125,6 +125,7 @@ def test_the_frozen_references_outputs_are_computed_once_per_key_and_are_the_sam
     calls = []
     f.register_forward_hook(lambda *_: calls.append(1))
     monkeypatch.setattr(scores, "_FP_MEMO", type(scores._FP_MEMO)())
+    monkeypatch.setattr(scores, "_MEMO_BYTES", [0])
     fresh = score_pass(q, f, x, y, batch_size=16)
     first = score_pass(q, f, x, y, batch_size=16, fp_key=("ref", 0))
     with torch.no_grad():
@@ -143,6 +144,7 @@ def test_the_memo_drops_the_least_recently_used_outputs_beyond_its_byte_budget(m
     from fleet.coreset import scores
 
     monkeypatch.setattr(scores, "_FP_MEMO", type(scores._FP_MEMO)())
+    monkeypatch.setattr(scores, "_MEMO_BYTES", [0])
     monkeypatch.setattr(scores, "FP_MEMO_BYTES", 2 * 40 * 3 * 4)  # two devices' logits
     f = nn.Linear(4, 3)
     x = torch.randn(40, 4)

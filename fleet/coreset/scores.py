@@ -23,6 +23,7 @@ __all__ = ["ScorePass", "ds", "evs", "res", "res_from_logits", "score_pass", "FP
 #: Bytes of float-reference outputs this process keeps (least recently used dropped first)
 FP_MEMO_BYTES = 256 * 2**20
 _FP_MEMO: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+_MEMO_BYTES = [0]  # bytes held in _FP_MEMO
 
 
 def evs(p_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -219,13 +220,14 @@ def _fp_outputs(fpmodel: nn.Module, x: torch.Tensor, batch_size: int, features: 
         return hit
     out = _run(fpmodel, x, batch_size, features=features)
     _FP_MEMO[full_key] = out
-
-    def nbytes(v: tuple[torch.Tensor, torch.Tensor | None]) -> int:
-        return sum(t.numel() * t.element_size() for t in v if t is not None)
-
-    while len(_FP_MEMO) > 1 and sum(nbytes(v) for v in _FP_MEMO.values()) > FP_MEMO_BYTES:
-        _FP_MEMO.popitem(last=False)
+    _MEMO_BYTES[0] += _nbytes(out)
+    while len(_FP_MEMO) > 1 and _MEMO_BYTES[0] > FP_MEMO_BYTES:
+        _MEMO_BYTES[0] -= _nbytes(_FP_MEMO.popitem(last=False)[1])
     return out
+
+
+def _nbytes(v: tuple[torch.Tensor, torch.Tensor | None]) -> int:
+    return sum(t.numel() * t.element_size() for t in v if t is not None)
 
 
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

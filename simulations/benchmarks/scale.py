@@ -76,6 +76,8 @@ def edgefleet_flat(case: str, devices: int, per_round: int, rounds: int, epochs:
         flat.update(MISSION)
     if case.endswith("-local"):  # the single-machine engine, one worker: Ray's ray.num-cpus = 1
         flat.update({"federation.engine": "local", "federation.workers": 1})
+    else:  # Flower's Ray engine (not the default of fleet run since the local engine)
+        flat["federation.engine"] = "ray"
     return flat
 
 

@@ -145,7 +145,9 @@ class PoolGrid(_Grid):
         super().__init__(num_nodes)
         self.flat, self.log_path = flat, log_path
         self.mp = mp.get_context("forkserver")
-        self.mp.set_forkserver_preload(["fleet.client_app"])  # torch and flwr imported once, forked after
+        # torch and flwr imported once, forked after; torch._dynamo too, which torch.optim imports on a device's
+        # first optimizer (about 1 s that every worker would pay again)
+        self.mp.set_forkserver_preload(["fleet.client_app", "torch._dynamo"])
         self.outbox = self.mp.Queue()
         self.procs: list[Any] = []
         self.inboxes: list[Any] = []
