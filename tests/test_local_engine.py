@@ -65,3 +65,15 @@ def test_a_crashing_device_is_a_failed_reply(tmp_path: Path) -> None:
 def test_local_engine_refuses_a_ray_cluster() -> None:
     with pytest.raises(ConfigError, match="federation.engine"):
         parse_config({"federation.engine": "local", "ray.address": "auto"})
+
+
+def test_a_device_gets_its_cpu_share_as_threads_and_the_pool_fits_the_cpus(monkeypatch) -> None:
+    from fleet.client_app import device_threads
+    from simulations.run import local_engine
+
+    assert device_threads(parse_config({})) == 1
+    assert device_threads(parse_config({"ray.num-cpus-per-device": 2.5})) == 2
+    assert device_threads(parse_config({"ray.num-cpus-per-device": 0.25})) == 1
+    monkeypatch.setattr(local_engine.os, "cpu_count", lambda: 8)
+    assert local_engine.workers_for(0) == 8 and local_engine.workers_for(0, 3) == 2
+    assert local_engine.workers_for(0, 16) == 1 and local_engine.workers_for(5, 16) == 5  # asked for: as asked

@@ -106,7 +106,9 @@ def worker(case: str, out: Path, devices: int, per_round: int, rounds: int, epoc
         # round 0 is the starting model's evaluation, not a round
         rows = [r for r in read_jsonl(run_dir / "rounds.jsonl", []) if r["round"] > 0]
         walls, acc = [r["wall_s"] for r in rows], summary.get("final_accuracy")
-    write_json(out / "result.json", {"round_wall_s": walls, "final_accuracy": acc}, indent=None)
+        startup = summary.get("startup_s", {})
+    write_json(out / "result.json", {"round_wall_s": walls, "final_accuracy": acc,
+                                     **({"startup_s": startup} if case != "vanilla" else {})}, indent=None)
 
 
 class TreeMemory:
@@ -176,6 +178,7 @@ def run_case(case: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     walls = res["round_wall_s"]
     warm = walls[1:] if len(walls) > 1 else walls
     return {"case": case, "wall_s": wall, "round_wall_s": walls, "final_accuracy": res["final_accuracy"],
+            "startup_s": res.get("startup_s"),
             "s_per_device_round_startup": wall / (args.rounds * args.per_round),
             "s_per_device_round_rounds": statistics.mean(warm) / args.per_round,
             "peak_rss_mb": mem.peak_bytes / 2**20, "peak_procs": mem.peak_procs, "mem_samples": mem.samples,
