@@ -125,3 +125,39 @@ def test_ctrl_c_leaves_a_resumable_run_and_no_processes(tmp_path: Path, env: dic
     res = subprocess.run(_cmd("resume", str(run), "--quiet"), env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len((run / "rounds.jsonl").read_text().splitlines()) == 5  # rounds 0..4
+
+
+def test_ctrl_c_on_the_local_engine_stops_its_workers_and_leaves_a_resumable_run(tmp_path: Path,
+                                                                                  env: dict[str, str]) -> None:
+    # Prepare: enough rounds that the run is still going when the first is on disk
+    run = tmp_path / "local"
+    args = [a.replace("federation.engine=ray", "federation.engine=local").replace("federation.rounds=4",
+                                                                                   "federation.rounds=40")
+            for a in _run_args(run)] + ["--set", "train.local-epochs=4"]
+    proc = subprocess.Popen(_cmd(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+
+    # Execute: Ctrl-C (the whole process group, as a terminal sends it) once a round is on disk
+    try:
+        while not ((run / "rounds.jsonl").is_file() and len((run / "rounds.jsonl").read_text().splitlines()) >= 2):
+            assert proc.poll() is None, f"run ended early with code {proc.returncode}"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)
+
+    # Assert: exit 130, interrupted, rounds on disk, no worker or forkserver left, and it resumes to the end
+    assert proc.returncode == 130, err[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    done = len((run / "rounds.jsonl").read_text().splitlines())
+    assert 2 <= done < 41
+    assert not _group_alive(proc.pid)
+    res = subprocess.run(_cmd("resume", str(run), "--quiet"), env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len((run / "rounds.jsonl").read_text().splitlines()) == 41
+    assert json.loads((run / "summary.json").read_text())["status"] == "complete"
