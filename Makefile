@@ -30,6 +30,7 @@ bench: $(BIN)/fleet  # the quick benchmarks; the full ones are listed in docs/be
 	$(BIN)/python -m simulations.benchmarks.faults --quick --out bench-results/faults-quick.json
 	$(BIN)/python -m simulations.benchmarks.scale --quick --out bench-results/scale-quick.json
 	$(BIN)/python -m simulations.benchmarks.learning --quick --out bench-results/learning-quick.json
+	$(BIN)/python -m simulations.benchmarks.single_device --quick --out bench-results/single-device-quick.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
