@@ -4,7 +4,7 @@
     python -m simulations.benchmarks.learning --only single   # or fed; --seeds 3; --budget-min 30
     python -m simulations.benchmarks.learning --quick         # a smoke run on digits (the tests use it)
 
-Each cell runs the project through its real path (``run_config``: Ray, the ServerApp and ClientApps,
+Each cell runs the project through its real path (``run_config``: the engine, the ServerApp and ClientApps,
 the codec, the strategy) and the anchor (:mod:`simulations.benchmarks.plain_loops`, torch only) on the
 same data and from the same float reference, for every seed. Results go to a JSON file after every
 (cell, seed), with the commit and machine; a second invocation continues where the first stopped.
