@@ -73,7 +73,7 @@ SHELL = ("bash", "sh", "shell", "console")
 UNMARKED: dict[str, str] = {}  # docs whose shell blocks are not classified yet, and why (none now)
 MARK = re.compile(r"^\s*<!--\s*(runnable|not-runnable)\s*(?::\s*(.*?))?\s*-->\s*$")
 PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*(=[A-Z0-9_,.]+)?|\.\.\.|.*path/to/.*")
-FILE_SUFFIXES = ("safetensors", "jsonl", "json", "toml", "md", "py", "png", "csv", "npz", "log")
+FILE_SUFFIXES = ("safetensors", "jsonl", "json", "toml", "md", "py", "png", "csv", "npz", "log", "onnx")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def test_low_bit_quarc_run_with_crashing_devices(tmp_path: Path, monkeypatch: py
     assert s["status"] == "complete" and s["weight_bits"] == 2
     assert s["model_size_bytes"] < s["fp32_model_size_bytes"] / 8
     assert s["export_agreement"] >= 0.999
+    assert s["integer_agreement"] >= 0.995 and s["onnx_unfused_agreement"] >= 0.995  # every layer integer here
+    assert s["integer_float_ops"] == [] and (tmp_path / "q" / "model.onnx").stat().st_size == s["onnx_bytes"]
     failed = [d for d in devices if d["status"] == "failed"]
     ok = [d for d in devices if d["status"] == "ok"]
     assert failed and all("injected crash" in d["error"] for d in failed)

@@ -155,7 +155,8 @@ class QuantConfig:
                           choices=Registry("fleet.quant.signs", "ACT_SIGNED_CHOICES"), kind=(str, bool))
     weights_only: bool = opt(False, "quantize weights only (as the papers do for MobileNetV2)")
     keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
-                       "classifier, downsample convs; 'none')")
+                       "classifier, downsample convs, as ACS; 'int8': those same layers at W8A8, so every layer "
+                       "is integer on the device; 'none')")
     codec: str = opt("fp32", "what devices upload",
                      choices=Registry("fleet.quant.codecs", "CODECS"))
     codec_per_channel: bool = opt(False, "per-channel scales for delta codecs")
@@ -255,6 +256,8 @@ class OutputConfig:
     keep_checkpoints: int = opt(2, "round checkpoints kept", ge=1)
     tensorboard: bool = opt(False, "also write TensorBoard events (round scalars, device histograms, the config) "
                             "under RUN_DIR/tensorboard; needs `pip install 'edgefleet[tensorboard]'`")
+    onnx: bool = opt(True, "a quantized run also writes RUN_DIR/model.onnx (QDQ) and checks it and the integer-only "
+                           "path against the fake-quantized model (docs/quantization.md)")
 
 
 @dataclass(frozen=True)

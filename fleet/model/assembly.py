@@ -7,6 +7,7 @@ so both always build the same module tree and state-dict keys.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,17 +15,20 @@ from torch import nn
 
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
-from fleet.quant.convert import quant_info, quantize_model, set_initialized
+from fleet.quant.convert import default_keep_fp, quant_info, quantize_model, set_initialized
 from fleet.quant.spec import QuantInfo, is_quantized, split_state
 
 __all__ = ["keep_fp_names", "trainable_model", "state_arrays", "load_arrays", "QuantInfo",
            "model_quant_info"]
 
 
+INT8_BITS = 8  # quant.keep-fp = "int8": the width of the layers ACS keeps in float
+
+
 def keep_fp_names(cfg: ScenarioConfig, model: nn.Module) -> list[str] | None:
     """``quant.keep-fp`` as module names (None = the papers' default set)."""
     text = cfg.quant.keep_fp.strip()
-    if text == "default":
+    if text in ("default", "int8"):
         return None
     if text in ("", "none"):
         return []
@@ -41,9 +45,14 @@ def trainable_model(cfg: ScenarioConfig, reference: nn.Module, weight_bits: int,
     if not is_quantized(weight_bits, act_bits):
         model = copy.deepcopy(reference)
     else:
-        model = quantize_model(reference, weight_bits, act_bits, keep_fp=keep_fp_names(cfg, reference),
-                               weights_only=cfg.quant.weights_only, per_channel=cfg.quant.per_channel,
-                               act_signed=cfg.quant.act_signed)
+        opts: dict[str, Any] = {"weights_only": cfg.quant.weights_only, "per_channel": cfg.quant.per_channel,
+                                "act_signed": cfg.quant.act_signed}
+        model = quantize_model(reference, weight_bits, act_bits, keep_fp=keep_fp_names(cfg, reference), **opts)
+        if cfg.quant.keep_fp.strip() == "int8":  # the layers ACS keeps in float, at 8 bits instead
+            wide = quantize_model(reference, INT8_BITS, INT8_BITS, keep_fp=[], **opts)
+            for name in default_keep_fp(reference):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, wide.get_submodule(name))
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -233,17 +233,31 @@ def key_numbers(run: Run, settings: ReportSettings | None = None) -> list[tuple[
         rows.append(("Energy (all devices)", _num(s["energy_j"], " J")))
     if "weight_bits" in s:
         rows.append(("Weight / activation bits", f"{s.get('weight_bits')} / {s.get('act_bits')}"))
-    size, fp32 = s.get("model_size_bytes"), s.get("fp32_model_size_bytes")
-    if size:
-        ratio = (f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})"
-                 if fp32 and fp32 > size else "")
-        rows.append(("Model size", fmt_bytes(size) + ratio))
+    rows += deploy_rows(s)
     rows += privacy_rows(s)
     for label, key in (("Coreset method", "coreset_method"),
                        ("Coreset fraction", "coreset_fraction"), ("Strategy", "strategy"),
                        ("Uplink codec", "codec"), ("Seed", "seed")):
         if key in s:
             rows.append((label, str(s[key])))
+    return rows
+
+
+def deploy_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a device stores, and how its integer-only path and ONNX file agree (docs/quantization.md)."""
+    rows: list[tuple[str, str]] = []
+    size, fp32 = s.get("model_size_bytes"), s.get("fp32_model_size_bytes")
+    if size:
+        ratio = (f" ({fp32 / size:.1f}x smaller than FP32 {fmt_bytes(fp32)})"
+                 if fp32 and fp32 > size else "")
+        rows.append(("Model size", fmt_bytes(size) + ratio))
+    if s.get("integer_agreement") is not None:
+        floats = ", ".join(s.get("integer_float_ops") or []) or "none"
+        rows.append((f"Integer-only path vs fake-quantized ({s.get('deploy_check_samples')} test samples)",
+                     f"{_pct(s['integer_agreement'])} agree; float ops: {floats}"))
+        rows.append(("model.onnx (QDQ): onnxruntime vs integer path, fused / unfused kernels",
+                     f"{_pct(s.get('onnx_agreement'))} / {_pct(s.get('onnx_unfused_agreement'))}; "
+                     f"{fmt_bytes(s.get('onnx_bytes'))}"))
     return rows
 
 
