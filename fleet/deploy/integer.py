@@ -166,17 +166,23 @@ class IntegerModel:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, Any] = {}
-        out: Any = None
-        for node in self.graph.graph.nodes:
-            args = [env[a.name] if isinstance(a, fx.Node) else a for a in node.args]
-            if node.op == "placeholder":
-                env[node.name] = x.float()
-            elif node.op == "output":
-                out = _value(args[0])
-            else:
-                env[node.name] = self._requantize(node, self._step(node, args))
-        return out
+        modes = {m: m.training for m in self.graph.modules()}
+        self.graph.eval()  # the float islands (BatchNorm, dropout) at inference behaviour, whatever the model's mode
+        try:
+            env: dict[str, Any] = {}
+            out: Any = None
+            for node in self.graph.graph.nodes:
+                args = [env[a.name] if isinstance(a, fx.Node) else a for a in node.args]
+                if node.op == "placeholder":
+                    env[node.name] = x.float()
+                elif node.op == "output":
+                    out = _value(args[0])
+                else:
+                    env[node.name] = self._requantize(node, self._step(node, args))
+            return out
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
 
     def _step(self, node: fx.Node, args: list[Any]) -> Any:
         if node.op == "call_module":
@@ -263,7 +269,9 @@ def _maxpool(m: nn.MaxPool2d, q: torch.Tensor) -> torch.Tensor:
 
 
 def lower(model: nn.Module) -> IntegerModel:
-    """The integer-only program of a fake-quantized model (in eval mode; the model is not changed)."""
+    """The integer-only program of a fake-quantized model (the model is not changed). The integer constants
+    (codes, steps) are taken now; the float islands use the model's own modules, so lower again after
+    changing the model."""
     was = model.training
     model.eval()
     try:
