@@ -108,3 +108,39 @@ def test_keep_fp_int8_puts_the_float_layers_at_8_bits_and_leaves_no_float_op() -
     assert integer.float_ops == ["pool3"]  # average pooling; every layer runs on integer codes
     with torch.no_grad():
         assert torch.allclose(integer(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+class _SharedRelu(nn.Module):
+    """One ReLU module called twice, and an average pool that counts its zero padding (PyTorch's default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.flatten, self.fc = nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.relu(self.conv2(self.relu(self.conv1(x)))))))
+
+
+def test_a_module_called_twice_and_a_padded_average_pool_export_as_pytorch_computes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    q = quantize_model(_SharedRelu(), 4, 4)
+    x = torch.randn(32, 1, 6, 6)
+    init_quantizers(q, x)
+    q.eval()
+    got = onnx_logits(export_onnx(q, tmp_path / "m.onnx", x[:1]), x, fused=False)
+    with torch.no_grad():
+        assert torch.allclose(got, q(x), atol=1e-4)
+        assert torch.allclose(lower(q)(x), q(x), atol=1e-4)
+
+
+def test_a_model_the_deployment_check_cannot_lower_is_a_warning_not_a_failed_run(tmp_path: Path) -> None:
+    from simulations.store.deploy import _checked_deploy
+
+    q = copy.deepcopy(_model(MLP, (1, 8, 8), 4, 4))
+    q.act1 = nn.GELU()
+    out = _checked_deploy(q, tmp_path, torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    assert out == {"deploy_check": "skipped: integer path: module 'act1' (GELU) is not supported"}
+    assert not (tmp_path / "model.onnx").exists()

@@ -10,6 +10,7 @@ does, and returns logits, the three scores and (optionally) FP penultimate featu
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import TypedDict
@@ -24,6 +25,7 @@ __all__ = ["ScorePass", "ds", "evs", "res", "res_from_logits", "score_pass", "FP
 FP_MEMO_BYTES = 256 * 2**20
 _FP_MEMO: OrderedDict[Hashable, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
 _MEMO_BYTES = [0]  # bytes held in _FP_MEMO
+_MEMO_LOCK = threading.Lock()  # the ClientApp may run devices in threads of one process
 
 
 def evs(p_q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -214,15 +216,18 @@ def _fp_outputs(fpmodel: nn.Module, x: torch.Tensor, batch_size: int, features: 
     if key is None:
         return _run(fpmodel, x, batch_size, features=features)
     full_key = (key, batch_size, features, tuple(x.shape))
-    hit = _FP_MEMO.get(full_key)
-    if hit is not None:
-        _FP_MEMO.move_to_end(full_key)
-        return hit
+    with _MEMO_LOCK:
+        hit = _FP_MEMO.get(full_key)
+        if hit is not None:
+            _FP_MEMO.move_to_end(full_key)
+            return hit
     out = _run(fpmodel, x, batch_size, features=features)
-    _FP_MEMO[full_key] = out
-    _MEMO_BYTES[0] += _nbytes(out)
-    while len(_FP_MEMO) > 1 and _MEMO_BYTES[0] > FP_MEMO_BYTES:
-        _MEMO_BYTES[0] -= _nbytes(_FP_MEMO.popitem(last=False)[1])
+    with _MEMO_LOCK:
+        if full_key not in _FP_MEMO:
+            _FP_MEMO[full_key] = out
+            _MEMO_BYTES[0] += _nbytes(out)
+        while len(_FP_MEMO) > 1 and _MEMO_BYTES[0] > FP_MEMO_BYTES:
+            _MEMO_BYTES[0] -= _nbytes(_FP_MEMO.popitem(last=False)[1])
     return out
 
 

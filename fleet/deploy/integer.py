@@ -136,12 +136,12 @@ class IntegerModel:
                     self.float_ops.append(str(node.target))
                 else:
                     self.layers[str(node.target)] = layer
-            elif isinstance(m, nn.Conv2d | nn.Linear | nn.AdaptiveAvgPool2d | nn.AvgPool2d):
+            elif isinstance(m, nn.Conv2d | nn.Linear | nn.AdaptiveAvgPool2d | nn.AvgPool2d | nn.ReLU6):
                 self.float_ops.append(str(node.target))
             elif not isinstance(m, _MONOTONE + (nn.modules.batchnorm._BatchNorm,)):
                 raise ValueError(f"integer path: module '{node.target}' ({type(m).__name__}) is not supported")
         elif node.op == "call_function":
-            if node.target in (operator.add, torch.add):
+            if node.target in (operator.add, torch.add, F.adaptive_avg_pool2d) and not node.kwargs:
                 self.float_ops.append(node.name)
             elif node.target not in (torch.flatten, F.relu, torch.relu):
                 raise ValueError(f"integer path: function '{node.name}' ({node.target}) is not supported")
@@ -206,6 +206,8 @@ class IntegerModel:
             return _Codes(_flatten(args[0].q, args[1:], dict(node.kwargs)), args[0].step)
         if node.target in (torch.flatten, "flatten"):
             return _flatten(_value(args[0]), args[1:], dict(node.kwargs))
+        if node.target is F.adaptive_avg_pool2d:
+            return F.adaptive_avg_pool2d(_value(args[0]), *args[1:])
         return operator.add(_value(args[0]), _value(args[1]))  # the only other function _check lets through
 
     def _requantize(self, node: fx.Node, v: Any) -> Any:
@@ -233,6 +235,8 @@ class IntegerModel:
         dtype = torch.float32 if bound < 2**24 else torch.float64
         w = layer.w_codes.to(dtype)
         qd = q.to(dtype)
+        if layer.kind == "linear" and qd.dim() != 2:
+            raise ValueError(f"integer path: '{layer.name}' gets a {qd.dim()}-D input; only (N, features) is supported")
         acc = (F.conv2d(qd, w, None, **layer.conv_args) if layer.kind == "conv" else F.linear(qd, w)).double()
         if float(acc.abs().max()) > _MAX_ACC:
             raise OverflowError(f"integer path: '{layer.name}' overflows its int32 accumulator")

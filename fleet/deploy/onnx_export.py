@@ -108,11 +108,18 @@ def _module(b: _Builder, name: str, m: nn.Module, x: str) -> str:
         return b.op("BatchNormalization", [x, *ins], name, epsilon=float(m.eps))
     if isinstance(m, nn.ReLU):
         return b.op("Relu", [x], name)
+    if isinstance(m, nn.ReLU6):
+        lo, hi = b.const(f"{name}.lo", np.array(0.0, np.float32)), b.const(f"{name}.hi", np.array(6.0, np.float32))
+        return b.op("Clip", [x, lo, hi], name)
     if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
         k, st, p = (_pair(v) for v in (m.kernel_size, m.stride or m.kernel_size, m.padding))
         attrs: dict[str, Any] = {"kernel_shape": k, "strides": st, "pads": p + p, "ceil_mode": int(m.ceil_mode)}
         if isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != [1, 1]:
             attrs["dilations"] = _pair(m.dilation)
+        if isinstance(m, nn.AvgPool2d):
+            if m.divisor_override is not None:
+                raise ValueError(f"onnx export: '{name}' has a divisor_override, which ONNX cannot express")
+            attrs["count_include_pad"] = int(m.count_include_pad)  # PyTorch counts the padding by default
         return b.op("MaxPool" if isinstance(m, nn.MaxPool2d) else "AveragePool", [x], name, **attrs)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         if _pair(m.output_size) != [1, 1]:
@@ -132,12 +139,15 @@ def _pair(v: Any) -> list[int]:
 
 
 def _function(b: _Builder, node: fx.Node, args: list[Any]) -> str:
-    if node.target in (operator.add, torch.add):
+    if node.target in (operator.add, torch.add) and not node.kwargs:
         return b.op("Add", [args[0], args[1]], node.name)
     if node.target in (F.relu, torch.relu, "relu"):
         return b.op("Relu", [args[0]], node.name)
-    if node.target in (torch.flatten, "flatten") and tuple(args[1:]) in ((), (1,)) and not node.kwargs:
+    if node.target in (torch.flatten, "flatten") and tuple(args[1:]) == (1,) and not node.kwargs:
         return b.op("Flatten", [args[0]], node.name, axis=1)
+    if node.target is F.adaptive_avg_pool2d and _pair(args[1] if len(args) > 1 else node.kwargs.get(
+            "output_size", 0)) == [1, 1]:
+        return b.op("GlobalAveragePool", [args[0]], node.name)
     raise ValueError(f"onnx export: '{node.name}' ({node.target}) is not supported")
 
 
@@ -161,7 +171,8 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
             elif node.op == "output":
                 out = b.op("Identity", [args[0]], "logits")
             elif node.op == "call_module":
-                env[node.name] = _module(b, str(node.target), modules[str(node.target)], args[0])
+                # named after the fx node: a module called twice (torchvision's shared ReLU) makes two ONNX nodes
+                env[node.name] = _module(b, node.name, modules[str(node.target)], args[0])
             else:
                 env[node.name] = _function(b, node, args)
     finally:
@@ -170,7 +181,10 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
     graph = helper.make_graph(b.nodes, "edgefleet", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", "classes"])], b.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgefleet")
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - onnx's ValidationError: a graph we built wrongly, one line
+        raise ValueError(f"onnx export: the graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
     path = Path(path)
     onnx.save(proto, str(path))
     return path

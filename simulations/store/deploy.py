@@ -57,7 +57,7 @@ def export_deployable(qmodel: nn.Module, reference: nn.Module, cfg: ScenarioConf
         log.warning("exported model agrees with the fake-quantized one on only %.2f%% of test samples",
                     100 * agreement)
     fp32 = sum(v.numel() * 4 for v in reference.state_dict().values() if v.is_floating_point())
-    extra = _integer_and_onnx(qmodel, run_dir, x_test, pred_fq) if cfg.output.onnx else {}
+    extra = _checked_deploy(qmodel, run_dir, x_test, pred_fq) if cfg.output.onnx else {}
     return {**extra,
         "final_accuracy": float((pred_int == y_test).float().mean()),
         "fake_quant_accuracy": float((pred_fq == y_test).float().mean()),
@@ -68,6 +68,16 @@ def export_deployable(qmodel: nn.Module, reference: nn.Module, cfg: ScenarioConf
 
 
 CHECK_SAMPLES = 2000  # test samples the integer path and the ONNX file are checked on
+
+
+def _checked_deploy(qmodel: nn.Module, run_dir: Path, x_test: torch.Tensor, pred_fq: torch.Tensor) -> dict[str, Any]:
+    """The integer path and ``model.onnx``; a model they do not support is a warning, never a failed run."""
+    try:
+        return _integer_and_onnx(qmodel, run_dir, x_test, pred_fq)
+    except (ValueError, OverflowError, ImportError) as exc:
+        (run_dir / "model.onnx").unlink(missing_ok=True)
+        log.warning("no integer path or model.onnx for this model: %s", exc)
+        return {"deploy_check": f"skipped: {exc}"}
 
 
 @torch.no_grad()
