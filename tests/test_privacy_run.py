@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Message
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fleet import protocol as P
 from fleet.arrays import record_to_numpy, to_array
@@ -25,7 +22,7 @@ from fleet.errors import one_line
 from fleet.privacy.accountant import Accountant
 from fleet.privacy.audit import AuditError
 from fleet.privacy.dp import device_noise_std, private_keys
-from simulations.run.local_engine import LocalGrid
+from simulations.run.local_engine import LocalGrid, server_identity
 from simulations.server_app import run_fleet
 from strategies.sampling import sample_devices
 
@@ -46,21 +43,10 @@ def _flat(cache: Path, **overrides: Any) -> dict[str, Any]:
     return flat
 
 
-@contextmanager
-def _server_identity() -> Iterator[None]:
-    """The process identity a running ServerApp has (Flower's instruction Messages need its run id)."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
-    try:
-        yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
 def _run(flat: Mapping[str, Any], out: Path, grid_type: type[LocalGrid] = LocalGrid) -> dict[str, Any]:
     cfg = parse_config(dict(flat))
     out.mkdir(parents=True)
-    with _server_identity():
+    with server_identity():
         return run_fleet(grid_type(make_client_app(cfg.to_flat()), cfg.federation.num_devices), cfg, out)
 
 

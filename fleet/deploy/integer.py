@@ -33,13 +33,15 @@ from torch import fx, nn
 from fleet.quant.convert import QConv2d, QLinear
 from fleet.quant.quantizers import LsqQuantizer
 
-__all__ = ["IntegerModel", "lower", "QuantizedLayer", "agreement"]
+__all__ = ["IntegerModel", "lower", "QuantizedLayer", "Tracer"]
 
 _MONOTONE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+_RELU = (F.relu, torch.relu, "relu")  # call_function targets, and the call_method name
+_FLATTEN = (torch.flatten, "flatten")
 _MAX_ACC = 2**31 - 1
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
     """The quantized layers are leaves: the integer path replaces them whole."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -119,7 +121,7 @@ class IntegerModel:
     """The lowered model (:func:`lower`); calling it returns float32 logits."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.graph = fx.GraphModule(model, _Tracer().trace(model))
+        self.graph = fx.GraphModule(model, Tracer().trace(model))
         self.modules = dict(self.graph.named_modules())
         self.layers: dict[str, QuantizedLayer] = {}
         self.float_ops: list[str] = []
@@ -143,9 +145,9 @@ class IntegerModel:
         elif node.op == "call_function":
             if node.target in (operator.add, torch.add, F.adaptive_avg_pool2d) and not node.kwargs:
                 self.float_ops.append(node.name)
-            elif node.target not in (torch.flatten, F.relu, torch.relu):
+            elif node.target not in _RELU + _FLATTEN:
                 raise ValueError(f"integer path: function '{node.name}' ({node.target}) is not supported")
-        elif node.op == "call_method" and node.target not in ("flatten", "relu"):
+        elif node.op == "call_method" and node.target not in _RELU + _FLATTEN:
             raise ValueError(f"integer path: method '{node.name}' (.{node.target}) is not supported")
 
     def _consumer(self, node: fx.Node) -> QuantizedLayer | None:
@@ -162,7 +164,7 @@ class IntegerModel:
     def _is_monotone(self, node: fx.Node) -> bool:
         if node.op == "call_module":
             return isinstance(self.modules[str(node.target)], _MONOTONE)
-        return node.target in (torch.flatten, F.relu, torch.relu, "flatten", "relu")
+        return node.target in _RELU + _FLATTEN
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,11 +202,11 @@ class IntegerModel:
             if isinstance(m, nn.Identity | nn.Dropout):
                 return args[0]
             return m(_value(args[0]))
-        if node.target in (F.relu, torch.relu, "relu"):
+        if node.target in _RELU:
             return _relu(args[0])
-        if node.target in (torch.flatten, "flatten") and isinstance(args[0], _Codes):
+        if node.target in _FLATTEN and isinstance(args[0], _Codes):
             return _Codes(_flatten(args[0].q, args[1:], dict(node.kwargs)), args[0].step)
-        if node.target in (torch.flatten, "flatten"):
+        if node.target in _FLATTEN:
             return _flatten(_value(args[0]), args[1:], dict(node.kwargs))
         if node.target is F.adaptive_avg_pool2d:
             return F.adaptive_avg_pool2d(_value(args[0]), *args[1:])
@@ -282,9 +284,4 @@ def lower(model: nn.Module) -> IntegerModel:
         return IntegerModel(model)
     finally:
         model.train(was)
-
-
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Share of samples whose predicted classes agree."""
-    return float((a.argmax(1) == b.argmax(1)).float().mean()) if len(a) else float("nan")
 

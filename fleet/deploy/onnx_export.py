@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fleet.deploy.integer import _Tracer
+from fleet.deploy.integer import Tracer
 from fleet.quant.convert import QConv2d, QLinear
 from fleet.quant.quantizers import LsqQuantizer
 
@@ -160,7 +160,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
     was = model.training
     model.eval()
     try:
-        gm = fx.GraphModule(model, _Tracer().trace(model))
+        gm = fx.GraphModule(model, Tracer().trace(model))
         modules, b = dict(gm.named_modules()), _Builder()
         env: dict[str, str] = {}
         out = ""
