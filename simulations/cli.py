@@ -16,12 +16,12 @@ from fleet.config.scenario import ConfigError
 from fleet.errors import RunFailed
 from simulations.run.logs import FlowerNoise
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "print_summary"]
 
 EPILOG = "Scenario keys: docs/scenario-keys.md. Results: docs/results.md."
 #: Subcommands that live in their own modules (each has add_parser(subparsers) and main(args)).
 SUBCOMMAND_MODULES = ("simulations.analysis.report", "simulations.run.sweep", "simulations.analysis.compare",
-                      "simulations.run.resume")
+                      "simulations.run.resume", "simulations.deployment.command")
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}")
     with Progress(cfg, quiet=args.quiet) as bar:
         summary = run_config(cfg, run_dir, progress=bar.update, verbose=args.verbose)
-    _print_summary(summary)
+    print_summary(summary)
     if not args.no_report:
         try:
             from simulations.analysis.report import write_report
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(s: dict[str, Any]) -> None:
+def print_summary(s: dict[str, Any], log: str = "run.log") -> None:
     def pct(v: Any) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -77,7 +77,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"device-rounds ok {s.get('device_rounds_completed')}, failed {s.get('device_rounds_failed')}, "
           f"dropped {s.get('device_rounds_dropped')}; uplink {fmt_bytes(s.get('uplink_bytes'))}, "
           f"downlink {fmt_bytes(s.get('downlink_bytes'))}; wall {s.get('wall_time_s', 0):.1f} s, "
-          f"simulated {s.get('sim_time_s', 0):.1f} s; log: run.log")
+          f"simulated {s.get('sim_time_s', 0):.1f} s; log: {log}")
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:

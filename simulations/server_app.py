@@ -1,8 +1,12 @@
 """The fleet's Flower ServerApp: composes a scenario into a run and writes its results.
 
-``app`` is what ``flwr run`` loads (scenario from ``context.run_config``, results
-under ``output.dir`` or ``runs/flwr/<timestamp>``); ``make_server_app`` binds a
-scenario and a run directory for ``fleet run``.
+``app`` is what ``flwr run`` and ``fleet deploy`` load (scenario from ``context.run_config``, results under
+``output.dir`` or ``runs/<output.name>/<timestamp>`` relative to the SuperLink's working directory, report and
+figures included); ``make_server_app`` binds a scenario and a run directory for ``fleet run``.
+
+Hosted by Flower's runtime, devices keep their state in Flower's ``context.state`` (on a real SuperNode the
+server's run directory is another machine's disk), and a relative ``strategy.path`` names a folder of the app,
+which ships in the FAB.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
 
+#: The app's folder: the source tree under fleet run, the FAB's install folder under flwr run.
+APP_ROOT = Path(__file__).resolve().parents[1]
+
 __all__ = ["app", "make_server_app", "run_fleet"]
 
 def _seed_everything(seed: int) -> None:
@@ -75,13 +82,16 @@ class _Start:
 
 
 def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: ProgressFn | None = None,
-              resume: bool = False) -> dict[str, Any]:
-    """Run the scenario's federated phase on ``grid`` (or continue it from its last checkpoint); returns the summary."""
+              resume: bool = False, hosted: bool = False) -> dict[str, Any]:
+    """Run the scenario's federated phase on ``grid`` (or continue it from its last checkpoint); returns the summary.
+
+    ``hosted``: run by Flower's runtime (``flwr run``, ``fleet deploy``), see the module docstring.
+    """
     startup.mark("engine")
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
     try:
-        return _run(grid, cfg, out, run_dir, progress, resume)
+        return _run(grid, cfg, out, run_dir, progress, resume, hosted)
     except Exception as exc:
         # The summary says how the run ended; the traceback goes to the log (RUN_DIR/run.log under fleet run).
         log.exception("run failed")
@@ -90,13 +100,15 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
 
 
 def _run(grid: Grid, cfg: ScenarioConfig, out: RunDir, run_dir: Path, progress: ProgressFn | None,
-         resume: bool) -> dict[str, Any]:
+         resume: bool, hosted: bool) -> dict[str, Any]:
     cfg_hash = config_hash(cfg.to_flat())
     ckpt = _open_run_dir(out, run_dir, cfg_hash, resume)
     start = _global_start(cfg, out, ckpt)
     check_secure_strategy(cfg)
-    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options), cfg.strategy.path)
-    strategy = _fleet_strategy(cfg, inner, start, run_dir, ckpt)
+    path = cfg.strategy.path
+    inner = load_strategy(cfg.strategy.name, dict(cfg.strategy.options),
+                          str(APP_ROOT / path) if hosted and path and not Path(path).is_absolute() else path)
+    strategy = _fleet_strategy(cfg, inner, start, "" if hosted else str(run_dir / "device-state"), ckpt)
     grid = _wrap_grid(grid, cfg, strategy, start.initial)
     # Start-up, not a round: Ray may still be starting its actors, so the roster waits longer than a round would.
     strategy.discover(grid, timeout=max(cfg.federation.round_timeout_s, 300.0))
@@ -177,14 +189,15 @@ def _global_start(cfg: ScenarioConfig, out: RunDir, ckpt: Checkpoint | None) -> 
     return _Start(fd, reference, ref_hash, model, initial)
 
 
-def _fleet_strategy(cfg: ScenarioConfig, inner: Strategy, start: _Start, run_dir: Path,
+def _fleet_strategy(cfg: ScenarioConfig, inner: Strategy, start: _Start, state_dir: str,
                     ckpt: Checkpoint | None) -> FleetStrategy:
-    """The fleet wrapper around the inner strategy, restored from the checkpoint when resuming."""
+    """The fleet wrapper around the inner strategy, restored from the checkpoint when resuming; devices keep their
+    state under ``state_dir`` ("" = Flower's ``context.state``)."""
     quantized = is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits)
     ref_state = {k: v.detach().numpy().copy() for k, v in start.reference.state_dict().items()}
     x_public = start.fd.dataset.x_train[start.fd.public[:BN_REFRESH_SAMPLES]]
     strategy = FleetStrategy(inner, cfg, scenario_codec(cfg), model_quant_info(start.model) if quantized else None,
-                             ref_state, start.ref_hash, state_dir=str(run_dir / "device-state"),
+                             ref_state, start.ref_hash, state_dir=state_dir,
                              refine=_bn_refiner(cfg, start.model, x_public),
                              round_offset=ckpt.round if ckpt is not None else 0,
                              labels_present=start.fd.histograms() > 0 if cfg.privacy.label_inference else None)
@@ -258,19 +271,41 @@ def make_server_app(flat_config: Mapping[str, Any] | None = None, run_dir: Path 
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        flat = dict(flat_config) if flat_config is not None else dict(context.run_config)
-        cfg = parse_config(flat, name=name if flat_config is not None else "flwr")
-        path = run_dir or new_run_dir("runs", "flwr", cfg.output.dir or None)
+        if flat_config is None:
+            _hosted_main(grid, context)
+            return
+        cfg = parse_config(dict(flat_config), name=name)
+        path = run_dir or new_run_dir("runs", cfg.name, cfg.output.dir or None)
         try:
             summary = run_fleet(grid, cfg, path, progress, resume=resume)
         except Exception as exc:
-            if on_summary is None:
-                raise  # flwr run: Flower marks the run failed
             summary = {"status": "failed", "error": one_line(exc)}  # fleet run reports it in one line
         if on_summary is not None:
             on_summary(summary)
 
     return server
+
+
+def _hosted_main(grid: Grid, context: Context) -> None:
+    """``flwr run`` / ``fleet deploy``: the scenario from the run config; the run directory gets the same files as
+    under ``fleet run``, report and figures included. A failure is logged in one line and re-raised, so Flower marks
+    the run failed."""
+    cfg = parse_config(dict(context.run_config), name="flwr")
+    path = new_run_dir("runs", cfg.name, cfg.output.dir or None).resolve()
+    log.info("run directory: %s", path)
+    try:
+        summary = run_fleet(grid, cfg, path, hosted=True)
+    except Exception as exc:
+        log.error("the run failed: %s (summary.json marked failed)", one_line(exc))
+        raise
+    log.info("final accuracy %s after %s rounds; results in %s", summary.get("final_accuracy"),
+             summary.get("rounds_completed"), path)
+    try:
+        from simulations.analysis.report import write_report
+
+        log.info("report: %s", write_report(path))
+    except Exception as exc:  # the run's results are on disk; a report that fails must not fail the run
+        log.warning("no report: %s", one_line(exc))
 
 
 app = make_server_app()

@@ -151,7 +151,7 @@ def parse_config(flat: Mapping[str, Any], name: str = "scenario") -> ScenarioCon
     if tables["devices.custom"]:
         values["devices"]["custom"] = unflatten(tables["devices.custom"])
     sections = {s: cls(**values[s]) for s, cls in SECTIONS.items()}
-    cfg = ScenarioConfig(**sections, name=name)
+    cfg = ScenarioConfig(**sections, name=sections["output"].name or name)
     _check_cross(cfg)
     return cfg
 

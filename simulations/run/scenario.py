@@ -130,7 +130,7 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
     box: dict[str, Any] = {}
     server = make_server_app(flat, run_dir, progress, on_summary=box.update, name=cfg.name, resume=resume)
     on_ray = engine_of(cfg) == "ray"
-    with routed_logs(run_dir, verbose, ray=on_ray), interrupt_guard(lambda: _mark_interrupted(run_dir)):
+    with routed_logs(run_dir, verbose, ray=on_ray), interrupt_guard(lambda: mark_interrupted(run_dir)):
         simulate(server, make_client_app(flat), cfg, verbose=verbose, log_path="" if verbose else
                  str(run_dir / "run.log"))
     if box.get("status") == "failed" or not box:
@@ -140,7 +140,7 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
 
 
 
-def _mark_interrupted(run_dir: Path) -> None:
+def mark_interrupted(run_dir: Path) -> None:
     import json
 
     from simulations.store.results import write_json_atomic
