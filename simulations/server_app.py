@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Context
+from flwr.common import log as flwr_log  # the run's log stream under flwr run (the flwr logger)
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -292,20 +293,21 @@ def _hosted_main(grid: Grid, context: Context) -> None:
     the run failed."""
     cfg = parse_config(dict(context.run_config), name="flwr")
     path = new_run_dir("runs", cfg.name, cfg.output.dir or None).resolve()
-    log.info("run directory: %s", path)
+    flwr_log(logging.INFO, "run directory: %s", path)
     try:
         summary = run_fleet(grid, cfg, path, hosted=True)
     except Exception as exc:
-        log.error("the run failed: %s (summary.json marked failed)", one_line(exc))
+        flwr_log(logging.ERROR, "the run failed: %s (summary.json marked failed)", one_line(exc))
         raise
-    log.info("final accuracy %s after %s rounds; results in %s", summary.get("final_accuracy"),
-             summary.get("rounds_completed"), path)
+    acc = summary.get("final_accuracy")
+    flwr_log(logging.INFO, "final accuracy %s after %s rounds; results in %s",
+             "n/a" if acc is None else f"{100 * acc:.2f}%", summary.get("rounds_completed"), path)
     try:
         from simulations.analysis.report import write_report
 
-        log.info("report: %s", write_report(path))
+        flwr_log(logging.INFO, "report: %s", write_report(path))
     except Exception as exc:  # the run's results are on disk; a report that fails must not fail the run
-        log.warning("no report: %s", one_line(exc))
+        flwr_log(logging.WARNING, "no report: %s", one_line(exc))
 
 
 app = make_server_app()

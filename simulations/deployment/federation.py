@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class LocalFederation:
             flower_command("flower-superlink"), *self._tls_args(server=True), "--host", "127.0.0.1",
             "--port", str(self.port), "--isolation", "subprocess", "--disable-runtime-dependency-installation"])
         scheme = "https" if self.certs else "http"
-        verify: str | bool = str(self.certs.ca) if self.certs else False
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(self.certs.ca)) if self.certs else False
 
         def healthy() -> bool:
             self._check_alive(self.superlink)
@@ -143,12 +144,13 @@ class LocalFederation:
             raise DeploymentError(f"flwr supernode register {key.public.name} failed: "
                                   f"{(res.stdout + res.stderr).strip().splitlines()[-1:]}")
 
-    def add_node(self, name: str, key: NodeKey | None, partition: int) -> Started:
-        """Start one SuperNode (its own runtime port) for device ``partition``."""
+    def add_node(self, name: str, key: NodeKey | None, partition: int, max_retries: int = 10) -> Started:
+        """Start one SuperNode (its own runtime port) for device ``partition``; it gives up connecting after
+        ``max_retries`` failed attempts (exit code 305 when the SuperLink refuses it)."""
         auth = ["--auth-supernode-private-key", str(key.private)] if key is not None else []
         return self.group.start(name, [
             flower_command("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}", *self._tls_args(server=False),
-            *auth, "--host", "127.0.0.1", "--port", str(free_port()), "--max-retries", "10",
+            *auth, "--host", "127.0.0.1", "--port", str(free_port()), "--max-retries", str(max_retries),
             "--node-config", f"partition-id={partition} num-partitions={self.devices}"])
 
     def online(self) -> int:
