@@ -179,6 +179,7 @@ class LsqQuantizer(nn.Module):
     """
 
     initialized: torch.Tensor  # buffer registered in __init__
+    fake_quant: bool = True  # off: forward is the identity (a plain attribute, not state: never aggregated)
 
     def __init__(
         self,
@@ -219,18 +220,33 @@ class LsqQuantizer(nn.Module):
         return 1.0 / math.sqrt(numel * self.qmax)
 
     @torch.no_grad()
-    def init_step(self, x: torch.Tensor) -> None:
-        """Set ``step = 2 * mean|x| / sqrt(Qp)`` (ACS initialisation) and mark initialised."""
+    def initial_step(self, x: torch.Tensor) -> torch.Tensor:
+        """The step ``2 * mean|x| / sqrt(Qp)`` (ACS initialisation) for ``x``, shaped as ``step``; no side effect.
+
+        Examples
+        --------
+        >>> LsqQuantizer(bits=4).initial_step(torch.tensor([1.0, -3.0, 2.0, -6.0]))  # 2 * 3 / sqrt(7)
+        tensor([2.2678])
+        """
         if self.per_channel:
             mean_abs = x.detach().abs().flatten(1).mean(1)  # (C,)
         else:
             mean_abs = x.detach().abs().mean().reshape(1)  # (1,)
-        value = (2.0 * mean_abs / math.sqrt(self.qmax)).clamp_min(_EPS)
-        self.step.copy_(value.reshape(self.step.shape))
+        return (2.0 * mean_abs / math.sqrt(self.qmax)).clamp_min(_EPS).reshape(self.step.shape)
+
+    @torch.no_grad()
+    def init_step(self, x: torch.Tensor) -> None:
+        """Set ``step`` to :meth:`initial_step` of ``x`` and mark initialised."""
+        self.step.copy_(self.initial_step(x))
         self.initialized.fill_(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fake-quantize ``x`` (initialising the step on the first training forward)."""
+        """Fake-quantize ``x`` (initialising the step on the first training forward); the identity while
+        ``fake_quant`` is off."""
+        if not self.fake_quant:
+            # Float training (train.qgt-mode = "ptq", fleet.quant.ptq): no rounding, hence no STE, and the step
+            # is neither initialised nor trained; post-training quantization sets it afterwards.
+            return x
         if self.training and not bool(self.initialized):
             self.init_step(x)
         return lsq_fake_quant(x, self.step, self.grad_factor(x), self.qmin, self.qmax)
