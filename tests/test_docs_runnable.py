@@ -219,7 +219,7 @@ def _check_fleet(args: list[str], files: dict[str, Path]) -> None:
             ns = parser.parse_args(args[1:])
         except SystemExit:
             pytest.fail(f"`fleet {' '.join(args)}` does not parse: {err.getvalue().strip()}")
-    if sub in ("run", "sweep"):  # the scenario with all its --set values, and with each --grid value
+    if sub in ("run", "sweep", "deploy"):  # the scenario with all its --set values, and with each --grid value
         scenario = str(files.get(ns.scenario, ns.scenario))
         _skip_without_shared_data([scenario, *sets])
         preflight(load_config(scenario, sets)[0])  # what `fleet run` checks before Ray starts: data, model, names
@@ -231,6 +231,10 @@ def _check_fleet(args: list[str], files: dict[str, Path]) -> None:
 def _check_flwr(args: list[str]) -> None:
     from flwr.common.config import parse_config_args
 
+    if args[:2] == ["supernode", "register"]:
+        assert len(args) == 4 and args[2].endswith(".pub"), f"flwr supernode register KEY.pub CONNECTION: {args}"
+        assert _help_exits_0(_exe("flwr"), "supernode", "register"), "`flwr supernode register --help` failed"
+        return
     assert args[:2] == ["run", "."], f"unexpected flwr command {args}"
     assert _help_exits_0(_exe("flwr"), "run"), "`flwr run --help` did not exit 0"
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
@@ -240,6 +244,21 @@ def _check_flwr(args: list[str]) -> None:
         parse_config({**flatten(app), **given})
     for text in _option_values(args, "--federation-config"):
         parse_config_args([text])
+
+
+@functools.cache
+def _flower_help(prog: str) -> str:
+    res = subprocess.run([_exe(prog), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, f"`{prog} --help` did not exit 0"
+    return res.stdout
+
+
+def _check_flower_options(prog: str, args: list[str]) -> None:
+    """Every option a doc gives Flower's server or node exists in its ``--help``."""
+    options = set(re.findall(r"--[a-z][a-z-]*", _flower_help(prog)))
+    for tok in args:
+        if tok.startswith("--"):
+            assert tok.split("=")[0] in options, f"{prog} has no option {tok}"
 
 
 def check_command(argv: list[str], files: dict[str, Path]) -> None:
@@ -256,6 +275,14 @@ def check_command(argv: list[str], files: dict[str, Path]) -> None:
         assert args[:2] == ["install", "-e"] and (ROOT / args[2] / "pyproject.toml").is_file(), argv
     elif prog == "ray":
         assert args[0] in ("start", "stop"), argv
+    elif prog in ("flower-superlink", "flower-supernode"):
+        _check_flower_options(prog, args)
+    elif prog == "export":
+        assert args and all(re.fullmatch(r"[A-Z_]+=\S+", a) for a in args), argv
+    elif prog == "pkill":
+        assert args[:1] == ["-f"] and len(args) == 2, argv
+    elif prog == "ssh-keygen":
+        assert args[:4] == ["-t", "ecdsa", "-b", "384"], f"Flower's SuperNode keys are ECDSA P-384: {argv}"
     elif prog.startswith("python") and args[:1] == ["-m"]:
         import importlib.util
 
