@@ -32,7 +32,7 @@ from fleet.quant.codecs import payload_nbytes, scenario_codec
 from fleet.quant.spec import QuantInfo, is_quantized
 
 __all__ = ["MAX_ENTRIES", "cached", "reference", "template", "working_model", "quant_info_at", "peak_mb",
-           "upload_nbytes", "flops_per_sample", "upload_state", "clear"]
+           "trains_quantized", "upload_nbytes", "flops_per_sample", "upload_state", "clear"]
 
 MAX_ENTRIES = 64
 T = TypeVar("T")
@@ -136,12 +136,19 @@ def quant_info_at(cfg: ScenarioConfig, ref_hash: str, ref: nn.Module | None, wb:
     return cached(("qinfo", cfg, ref_hash, wb, ab), lambda: model_quant_info(template(cfg, ref_hash, ref, wb, ab)))
 
 
+def trains_quantized(cfg: ScenarioConfig, wb: int, ab: int) -> bool:
+    """Whether a device at this width trains fake-quantized (QAT); under ``train.qgt-mode = "ptq"`` it trains in
+    float and quantizes afterwards, so its training memory is the float model's."""
+    return is_quantized(wb, ab) and cfg.train.qgt_mode != "ptq"
+
+
 def peak_mb(cfg: ScenarioConfig, model: nn.Module, wb: int, ab: int, batch: int, teacher: nn.Module | None) -> float:
     """Peak training memory estimate (MiB); it depends only on architecture, width and batch."""
 
     def build() -> float:
         est = estimate_peak_memory(model, fleet_data(cfg).dataset.in_shape, batch, optimizer=cfg.train.optimizer,
-                                   momentum=cfg.train.momentum, teacher=teacher, quantized=is_quantized(wb, ab))
+                                   momentum=cfg.train.momentum, teacher=teacher,
+                                   quantized=trains_quantized(cfg, wb, ab))
         return est.total_bytes / 2**20
 
     return cached(("peak", cfg, wb, ab, batch, teacher is not None), build)

@@ -2,7 +2,8 @@
 
 profile -> local data -> on-device evaluation of the received model -> memory check
 -> coreset selection -> deadline check -> (quantization-aware) training with KD,
-CLC and QGT -> encode the update -> cost on the virtual clock.
+CLC and QGT (or, with ``train.qgt-mode = "ptq"``, float training and round-to-nearest)
+-> encode the update -> cost on the virtual clock.
 
 Per-device state (coreset indices, selector records) comes in and goes out as a
 small dict of numpy arrays; the caller keeps it between rounds.
@@ -145,7 +146,8 @@ def _fit_memory(rnd: _Round, model: nn.Module) -> int | None:
         if policy == "shrink-batch":
             fitted = fit_batch_size(model, fleet_data(cfg).dataset.in_shape, batch, budget,
                                     optimizer=cfg.train.optimizer, momentum=cfg.train.momentum,
-                                    teacher=rnd.teacher, quantized=is_quantized(ins.weight_bits, ins.act_bits))
+                                    teacher=rnd.teacher,
+                                    quantized=artifacts.trains_quantized(cfg, ins.weight_bits, ins.act_bits))
         status, fitted_batch = apply_memory_policy(fitted, batch, policy)
         if status != "ok":
             rep.status, rep.error = status, f"needs {rep.peak_mem_mb:.1f} MB, budget {budget:g} MB"

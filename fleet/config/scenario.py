@@ -197,7 +197,23 @@ def _check_cross(cfg: ScenarioConfig) -> None:
         raise ConfigError("quant.codec", "'qweights' needs quant.weight-bits < 32 (the model's own bit-width)")
     if cfg.federation.engine == "local" and cfg.ray.address:
         raise ConfigError("federation.engine", "'local' runs on this machine; a Ray cluster (ray.address) needs 'ray'")
+    _check_qgt_mode(cfg)
     _check_privacy(cfg)
+
+
+def _check_qgt_mode(cfg: ScenarioConfig) -> None:
+    """``train.qgt-mode = "ptq"`` rounds a float-trained model on each device's own grid (docs/methods.md). With
+    ``train.qgt-lambda = 0`` it is allowed: plain float training + round-to-nearest, the control QGT is measured
+    against."""
+    if cfg.train.qgt_mode != "ptq":
+        return
+    if cfg.quant.weight_bits == 32:
+        raise ConfigError("train.qgt-mode", "'ptq' rounds the float-trained weights to quant.weight-bits after "
+                          "training: it needs quant.weight-bits < 32")
+    if cfg.privacy.dp or cfg.privacy.secure_aggregation:
+        what = "privacy.dp" if cfg.privacy.dp else "privacy.secure-aggregation"
+        raise ConfigError("train.qgt-mode", f"'ptq' sets each device's own grid after training, but {what} "
+                          "keeps the server's shared grid: use 'qat'")
 
 
 def _check_privacy(cfg: ScenarioConfig) -> None:

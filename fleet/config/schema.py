@@ -201,6 +201,9 @@ class TrainConfig:
     qgt_lambda: float = opt(0.0, "QGT grid-attraction weight (0 = off)", ge=0)
     qgt_form: str = opt("sqdist", "QGT penalty form", choices=Registry("fleet.train.qgt", "QGT_FORMS"))
     qgt_warmup: float = opt(0.1, "share of local steps over which lambda ramps up", ge=0, le=1)
+    qgt_mode: str = opt("qat", "how QGT trains: 'qat' = its regulariser on top of fake-quant QAT (LSQ, STE); 'ptq' "
+                        "= QGT's own mode: train in float with the regulariser, then round to nearest at "
+                        "quant.weight-bits (docs/methods.md)", choices=Registry("fleet.train.qgt", "QGT_MODES"))
 
     def __post_init__(self) -> None:
         b = self.clc_beta

@@ -167,6 +167,8 @@ class LsqQuantizer(nn.Module):
     on its first training forward; eval-mode forwards never change the step.
     An initial step is floored at 1e-8 (an all-zero tensor would give 0). The
     step is not clamped afterwards: like LSQ and ACS, it is assumed to stay > 0.
+    Setting ``fake_quant = False`` makes the forward the identity (float training,
+    :func:`fleet.quant.ptq.float_training`); it is an attribute, not state.
 
     Examples
     --------

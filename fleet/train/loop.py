@@ -1,5 +1,9 @@
 """The local trainer: one flat loop of (quantization-aware) training on a device.
 
+``train.qgt-mode = "qat"`` (default) trains the fake-quantized model (LSQ, STE); ``"ptq"``
+(QGT's own mode, docs/methods.md (QGT)) trains the same model with its quantizers switched
+off, in float, and rounds it to nearest at the end (``fleet.quant.ptq``).
+
 Loss per batch, as in QuaRC (Eq. 9) and ACS:
 
     L = L_KD(teacher, Q)             (soft-label CE at T = 1; plain CE without a teacher)
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.config.schema import TrainConfig
+from fleet.quant import ptq
 from fleet.quant.convert import quant_layers
 from fleet.train.schedule import lr_factor, progress
 
@@ -104,6 +109,9 @@ def train_local(
 ) -> TrainResult:
     """Train ``model`` in place on (x, y) for ``tc.local_epochs`` epochs, with one optimizer and one schedule.
 
+    With ``tc.qgt_mode == "ptq"`` a model with quantizers trains in float and is then quantized by
+    round-to-nearest (weights) and calibrated on the first samples of ``x`` (activations).
+
     Parameters
     ----------
     teacher : nn.Module, optional
@@ -135,7 +143,8 @@ def train_local(
     model.train()
     step = samples = 0
     epoch_loss = 0.0
-    with loss_fn:
+    in_float = tc.qgt_mode == "ptq" and ptq.has_quantizers(model)
+    with loss_fn, ptq.float_training(model, enabled=in_float):
         for _epoch in range(tc.local_epochs):
             perm = torch.randperm(n, generator=gen)
             epoch_loss, batches = 0.0, 0
@@ -157,6 +166,8 @@ def train_local(
             epoch_loss /= max(batches, 1)
             if step >= total_steps:
                 break
+    if in_float and step:
+        ptq.post_training_quantize(model, x[:ptq.CALIBRATION_SAMPLES])
     state = optimizer_state(opt) if opt_state is not None else None
     return TrainResult(samples, loss_fn.teacher_passes, step, epoch_loss, loss_fn.ratio, loss_fn.beta, state)
 
@@ -172,6 +183,7 @@ class _LossFn:
         self.total_steps = total_steps
         self.use_clc = teacher is not None and bool(clc_layers) and tc.clc_beta != 0.0
         self.use_qgt = tc.qgt_lambda > 0 and qgt_bits < 32
+        self.qgt_ptq = tc.qgt_mode == "ptq"  # pull toward round-to-nearest's grid, not the (unused) LSQ step
         self.beta = 0.0 if not self.use_clc or tc.clc_beta == "auto" else float(tc.clc_beta)
         self.ratio = float("nan")
         self.teacher_passes = 0
@@ -210,7 +222,7 @@ class _LossFn:
             loss = loss + self._clc(loss, step)
         if self.use_qgt:
             from fleet.train import qgt
-            reg, _ = qgt.qgt_regularizer(self.model, self.qgt_bits, self.tc.qgt_form)
+            reg, _ = qgt.qgt_regularizer(self.model, self.qgt_bits, self.tc.qgt_form, ptq=self.qgt_ptq)
             loss = loss + qgt.qgt_lambda(step, self.total_steps, self.tc.qgt_lambda, self.tc.qgt_warmup) * reg
         if self.prox_ref is not None:
             prox = sum(((p - r) ** 2).sum() for p, r in zip(self.model.parameters(), self.prox_ref))

@@ -20,10 +20,19 @@ reconstruction in docs/methods.md (QGT):
 Scale ``s`` per layer (choices where the doc leaves it open): a quantized layer
 (duck-typed: a ``weight_quant`` with a ``step``) uses its LSQ step, detached, and
 its own ``qmin``/``qmax``; before LSQ has initialised the step (``initialized == 0``)
-the LSQ initial value ``2 mean|w| / sqrt(Qp)`` is used instead. A float layer (or a
+the LSQ initial value ``2 mean|w| / sqrt(Qp)`` is used instead (per channel when the
+quantizer is, via its ``initial_step``). A float layer (or a
 ``weight_quant`` without ``step``, i.e. the identity) uses ``max|w| / Qp`` at the
 target ``bits``, detached. The regularizer is summed (lambda_l = 1) over every
 Conv/Linear weight.
+
+Two modes (``QGT_MODES``, ``train.qgt-mode``): ``qat`` adds the regulariser to
+fake-quant QAT (LSQ, STE), as above; ``ptq`` is QGT's own mode (the reconstruction's
+"after training, quantize with round-to-nearest"): the model trains in float
+(``fleet.quant.ptq.float_training``) and is rounded to nearest afterwards with steps
+``2 mean|w| / sqrt(Qp)`` of the trained weights (``fleet.quant.ptq.round_to_nearest``).
+In that mode a quantized layer is pulled toward that same grid of its current
+weights (``ptq=True``), not toward its LSQ step, which float training leaves unused.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from fleet.quant import spec
 
 __all__ = [
     "QGT_FORMS",
+    "QGT_MODES",
     "bottleneck_report",
     "layer_grid",
     "qgt_lambda",
@@ -46,6 +56,7 @@ __all__ = [
 ]
 
 QGT_FORMS = ("sqdist", "sin2", "sqdist-clip")
+QGT_MODES = ("qat", "ptq")  # train.qgt-mode: on top of fake-quant QAT, or float training + round-to-nearest
 _QGT_MAX_BITS = 16  # the regulariser also ranks layers for widths past what the LSQ path trains
 
 
@@ -118,10 +129,23 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return w
 
 
-def layer_grid(module: nn.Module, bits: int) -> tuple[torch.Tensor, int, int]:
+def _lsq_initial_step(wq: nn.Module, w: torch.Tensor, qmax: int) -> torch.Tensor:
+    """``2 mean|w| / sqrt(Qp)``: the quantizer's own rule (per channel when it is) if it has one."""
+    rule = getattr(wq, "initial_step", None)
+    if callable(rule):
+        out = rule(w)
+        if isinstance(out, torch.Tensor):
+            return out.detach()
+    return (2 * w.abs().mean() / math.sqrt(qmax)).clamp_min(1e-8)
+
+
+def layer_grid(
+    module: nn.Module, bits: int, ptq: bool = False
+) -> tuple[torch.Tensor, int, int]:
     """Return the (detached) step and ``(qmin, qmax)`` a layer is pulled toward.
 
-    See the module docstring for the rule.
+    See the module docstring for the rule; ``ptq`` (default: False) gives a quantized
+    layer the grid round-to-nearest will use after float training.
     """
     w = _weight(module).detach()
     wq = getattr(module, "weight_quant", None)
@@ -129,16 +153,17 @@ def layer_grid(module: nn.Module, bits: int) -> tuple[torch.Tensor, int, int]:
     if wq is not None and isinstance(step, torch.Tensor):
         qmin, qmax = int(wq.qmin), int(wq.qmax)
         initialized = getattr(wq, "initialized", None)
-        if initialized is not None and not bool(initialized):
-            # The LSQ step is still the placeholder; use the value LSQ will set.
-            return (2 * w.abs().mean() / math.sqrt(qmax)).clamp_min(1e-8), qmin, qmax
+        if ptq or (initialized is not None and not bool(initialized)):
+            # ptq: the step PTQ will set from these weights; else the LSQ step is still the
+            # placeholder, so use the value LSQ will set.
+            return _lsq_initial_step(wq, w, qmax), qmin, qmax
         return step.detach(), qmin, qmax
     qmin, qmax = spec.qrange(bits, True, max_bits=_QGT_MAX_BITS)
     return (w.abs().max() / qmax).clamp_min(1e-8), qmin, qmax
 
 
 def qgt_regularizer(
-    model: nn.Module, bits: int, form: str = "sqdist"
+    model: nn.Module, bits: int, form: str = "sqdist", ptq: bool = False
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of ``qgt_penalty`` over all Conv/Linear weights, and each layer's value.
 
@@ -150,6 +175,9 @@ def qgt_regularizer(
         Target bit-width for float layers (quantized layers use their own range).
     form : str
         One of ``QGT_FORMS`` (default: "sqdist").
+    ptq : bool
+        Pull quantized layers toward the grid of post-training round-to-nearest
+        (``train.qgt-mode = "ptq"``) instead of their LSQ step (default: False).
 
     Returns
     -------
@@ -160,7 +188,7 @@ def qgt_regularizer(
     total: torch.Tensor | None = None
     per_layer: dict[str, float] = {}
     for name, m in _weight_layers(model):
-        step, qmin, qmax = layer_grid(m, bits)
+        step, qmin, qmax = layer_grid(m, bits, ptq)
         p = qgt_penalty(_weight(m), step, bits, form, qrange=(qmin, qmax))
         per_layer[name] = float(p.detach())
         total = p if total is None else total + p
