@@ -40,6 +40,7 @@ from fleet.quant.spec import is_quantized
 from simulations.analysis.leakage import measure_leakage
 from simulations.run import startup
 from simulations.run.continual import run_stream_phase
+from simulations.run.logs import copied_logs
 from simulations.store.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -295,7 +296,8 @@ def _hosted_main(grid: Grid, context: Context) -> None:
     path = new_run_dir("runs", cfg.name, cfg.output.dir or None).resolve()
     flwr_log(logging.INFO, "run directory: %s", path)
     try:
-        summary = run_fleet(grid, cfg, path, hosted=True)
+        with copied_logs(path):
+            summary = run_fleet(grid, cfg, path, hosted=True)
     except Exception as exc:
         flwr_log(logging.ERROR, "the run failed: %s (summary.json marked failed)", one_line(exc))
         raise

@@ -131,6 +131,8 @@ def _q_and_f() -> tuple[Head, Head, torch.Tensor, torch.Tensor]:
         ("quarc", 10, 0.489898 + 0.396058),
         ("ds", 3, 0.489898),
         ("res", 3, 0.396058),
+        ("evs+res", 3, 0.509902 + 0.396058),  # QuaRC Table IV's pairs: the terms added, no schedule
+        ("ds+res", 3, 0.489898 + 0.396058),
     ],
 )
 def test_mixed_scores_by_hand(name: str, epoch: int, expected: float) -> None:

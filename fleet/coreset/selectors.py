@@ -8,6 +8,7 @@ name           score (higher = keep)                                           p
 ``evs``        ``||p_Q - onehot(y)||``  (ACS)                                  N
 ``ds``         ``||p_Q - p_F||``  (ACS)                                        2N
 ``res``        ``KL(p_Q || p_F)``  (QuaRC)                                     2N
+``evs+res``    ``EVS + RES`` (QuaRC Table IV's pairs; ``ds+res`` likewise)       2N
 ``acs``        ``w(t) EVS + (1 - w(t)) DS``,  ``w = SCHEDULES[ctx.schedule]``  2N
 ``quarc``      ``w(t) EVS + (1 - w(t)) DS + RES``  (QuaRC Eq. 6)               2N
 ``forgetting`` Toneva forgetting events from the device's records              0
@@ -126,16 +127,18 @@ def _require(model: torch.nn.Module | None, what: str) -> torch.nn.Module:
 
 
 class TermSelector(Selector):
-    """One score term alone: ``"evs"``, ``"ds"`` or ``"res"``.
+    """One score term alone (``"evs"``, ``"ds"`` or ``"res"``), or a sum of them (``"evs+res"``: QuaRC's
+    Table IV pairs, each normalised by ``ctx.score_norm`` before adding, as :class:`MixSelector` does).
 
     EVS needs only the quantized model (N passes); DS and RES need both (2N).
     """
 
     def __init__(self, term: str) -> None:
-        if term not in ("evs", "ds", "res"):
-            raise ValueError(f"unknown score term '{term}'; valid: evs, ds, res")
+        self.terms = term.split("+")
+        if not self.terms or any(t not in ("evs", "ds", "res") for t in self.terms):
+            raise ValueError(f"unknown score term '{term}'; valid: evs, ds, res, or a sum such as evs+res")
         self.name = term
-        self.uses_float_model = term != "evs"
+        self.uses_float_model = self.terms != ["evs"]
 
     def score(
         self,
@@ -146,10 +149,10 @@ class TermSelector(Selector):
     ) -> tuple[np.ndarray, int, SelectorState]:
         """Score with the current Q (and F for DS/RES)."""
         q = _require(ctx.qmodel, "qmodel")
-        f = None if self.name == "evs" else _require(ctx.fpmodel, "fpmodel")
+        f = _require(ctx.fpmodel, "fpmodel") if self.uses_float_model else None
         out = score_pass(q, f, x, y, ctx.batch_size, fp_key=ctx.fp_key)
-        s = normalize(out[self.name].numpy(), ctx.score_norm)  # type: ignore[literal-required]
-        return s, out["passes"], state
+        parts = [normalize(out[t].numpy(), ctx.score_norm) for t in self.terms]  # type: ignore[literal-required]
+        return np.sum(parts, axis=0), out["passes"], state
 
 
 class MixSelector(Selector):
@@ -246,6 +249,8 @@ SELECTORS: dict[str, Callable[..., Selector]] = {
     "evs": lambda: TermSelector("evs"),
     "ds": lambda: TermSelector("ds"),
     "res": lambda: TermSelector("res"),
+    "evs+res": lambda: TermSelector("evs+res"),
+    "ds+res": lambda: TermSelector("ds+res"),
     "acs": lambda: MixSelector(with_res=False),
     "quarc": lambda: MixSelector(with_res=True),
     "forgetting": ForgettingSelector,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["RUN_LOG", "routed_logs", "FlowerNoise"]
+__all__ = ["RUN_LOG", "routed_logs", "copied_logs", "FlowerNoise"]
 
 RUN_LOG = "run.log"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -120,3 +120,30 @@ def routed_logs(run_dir: Path, verbose: bool = False, ray: bool = True) -> Itera
             for h, c in colored:
                 h.colored = c
             flwr_logger.removeFilter(noise)
+
+
+@contextlib.contextmanager
+def copied_logs(run_dir: Path) -> Iterator[None]:
+    """Hosted by Flower's runtime (``flwr run``, ``fleet deploy``): the logs stay on Flower's stream, where the
+    user follows the run, and are copied to ``run_dir/run.log`` (Flower's round log and our modules' records,
+    INFO and up), so the run directory has the file a ``fleet run`` leaves."""
+    noise = FlowerNoise()
+    flwr_logger = logging.getLogger("flwr")
+    handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(noise)
+    root = logging.getLogger()
+    targets = [root] if flwr_logger.propagate else [root, flwr_logger]  # one line per record either way
+    level = root.level
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    flwr_logger.addFilter(noise)
+    for lg in targets:
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg in targets:
+            lg.removeHandler(handler)
+        flwr_logger.removeFilter(noise)
+        root.setLevel(level)
+        handler.close()

@@ -1,0 +1,171 @@
+"""The papers' claims, judged: a reproduction study of QuaRC and ACS on a single device.
+
+    python -m simulations.benchmarks.reproduce                     # the whole grid, 5 seeds (resumable)
+    python -m simulations.benchmarks.reproduce --budget-min 60     # start no new run after an hour
+    python -m simulations.benchmarks.reproduce --tables ablation,clc-everywhere --seeds 3
+    python -m simulations.benchmarks.reproduce --report-only       # docs/reproduction.md from the JSON
+    python -m simulations.benchmarks.reproduce --quick             # a smoke run on digits (the tests use it)
+
+Every run goes through the project's real path (``run_config``: the engine, the ServerApp and the ClientApp,
+the export), one cell and seed at a time, seed-major: every cell's seed 0, then every cell's seed 1, so that a
+budget cut leaves paired seeds. Results go to ``results/reproduce.json`` after every run, with the commit and
+machine; a second invocation skips what is there. ``docs/reproduction.md`` is written from the JSON at the end
+(``--doc`` elsewhere). The grid, the claims and the verdict rule: :mod:`reproduce_grid`, :mod:`reproduce_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from simulations.benchmarks.common import RESULTS, SHARED_DATA, machine, over_budget, read_json, write_json
+from simulations.benchmarks.reproduce_grid import DATASETS, PROTOCOL, TABLES, cell_overrides, parse_cell
+from simulations.benchmarks.reproduce_report import render
+
+__all__ = ["SCHEMA", "main", "run_cell"]
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduction.md"
+COMMAND = "python -m simulations.benchmarks.reproduce"
+#: Keys of one run's record in the JSON (the tests check them).
+SCHEMA = ("accuracy", "fake_quant_accuracy", "float_accuracy", "curve", "wall_s", "flops", "kd_clc_ratio",
+          "clc_beta", "coreset_size", "train_samples", "steps")
+QUICK: dict[str, Any] = {"data.dataset": "digits", "data.root": "", "federation.rounds": 2,
+                         "coreset.reselect-every": 1, "federation.eval-every": 1, "model.pretrain-epochs": 2,
+                         "coreset.fraction": 0.2}
+#: --quick: the two cells of the first claim, 3 seeds (enough for a verdict), in a few seconds each.
+QUICK_CELLS = ("mnist/w2a2/1%/acs", "mnist/w2a2/1%/quarc")
+QUICK_SEEDS = 3
+
+
+def _flops(devices: list[dict[str, Any]]) -> float:
+    """Compute the virtual clock charged: its seconds times the profile's effective GFLOP/s."""
+    from fleet.hardware.profiles import build_profile
+
+    return sum(r.get("compute_s", 0.0) * build_profile(r["profile"]).gflops * 1e9 for r in devices
+               if r.get("profile"))
+
+
+def _record(summary: dict[str, Any], run_dir: Path, wall: float, batch_size: int) -> dict[str, Any]:
+    from simulations.store.rundir import read_jsonl
+
+    rounds = read_jsonl(run_dir / "rounds.jsonl", [])
+    devices = [d for d in read_jsonl(run_dir / "devices.jsonl", []) if d.get("status") == "ok"]
+    first = devices[0] if devices else {}
+    samples = sum(d.get("train_samples", 0) for d in devices)
+    return {"accuracy": summary.get("final_accuracy"), "fake_quant_accuracy": summary.get("fake_quant_accuracy"),
+            "float_accuracy": summary.get("fp_reference_accuracy"),
+            "curve": [[r["round"], r["accuracy"], r.get("wall_s")] for r in rounds if r.get("accuracy") is not None],
+            "wall_s": wall, "flops": _flops(devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
+            "clc_beta": first.get("clc-beta"), "coreset_size": first.get("coreset_size"), "train_samples": samples,
+            "steps": sum(-(-d.get("train_samples", 0) // batch_size) for d in devices)}
+
+
+def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool = False) -> dict[str, Any]:
+    """One (cell, seed) through the real path; its record (:data:`SCHEMA`)."""
+    from fleet.config.scenario import parse_config
+    from simulations.benchmarks.common import run_scenario
+
+    flat = {**cell_overrides(cell), **data, "federation.seed": seed, **(QUICK if quick else {})}
+    if quick and parse_cell(cell)[3] == "full":
+        flat["coreset.fraction"] = 1.0
+    cfg = parse_config(flat, name="reproduce")
+    run_dir = work / f"{cell.replace('/', '_').replace('%', 'pct')}-{seed}"
+    summary, wall = run_scenario(cfg, run_dir)
+    return {**_record(summary, run_dir, wall, cfg.train.batch_size), "config": flat}
+
+
+def _data_keys(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        return {}
+    keys = dict(DATASETS[dataset])
+    if dataset == "mnist" and (args.dataset or args.root):
+        keys = {"data.dataset": args.dataset or "npz", "data.root": args.root}
+    elif not Path(keys["data.root"]).is_absolute():
+        keys["data.root"] = str(SHARED_DATA / keys["data.root"])
+    return keys
+
+
+def _cells(args: argparse.Namespace) -> list[str]:
+    if args.quick and not args.tables:
+        return list(QUICK_CELLS)
+    wanted = [t for t in args.tables.split(",") if t] or [t.key for t in TABLES]
+    known = {t.key: t for t in TABLES}
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise SystemExit(f"--tables: unknown table {unknown[0]!r}; tables: {', '.join(known)}")
+    return list(dict.fromkeys(c for t in wanted for c in known[t].cells))
+
+
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    quick = f"--quick overrides {QUICK} on: " if args.quick else ""
+    return {"protocol": quick + "one device holding the whole training set; T = {} epochs, one Adam (lr {}), cosine "
+                        "schedule over the run, batch {}, coreset re-selected every {} epochs, KD from the float "
+                        "reference, BatchNorm re-estimated on the coreset; CLC rows: beta 'auto' (beta * L_CLC = "
+                        "0.5 * L_KD on the first batch)".format(
+                            PROTOCOL["federation.rounds"], PROTOCOL["train.lr"], PROTOCOL["train.batch-size"],
+                            PROTOCOL["coreset.reselect-every"]),
+            "data": "digits (--quick)" if args.quick else
+                    f"MNIST (60,000 training samples: 1% = 600) from {args.root or SHARED_DATA / 'mnist'}; "
+                    f"CIFAR-10 (JPEG) from {SHARED_DATA / 'cifar10-jpeg'}",
+            "seeds": args.seeds, "note": f"budget {args.budget_min:g} min per invocation" if args.budget_min else ""}
+
+
+def _run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> None:
+    cells, t0, done_now = _cells(args), time.perf_counter(), 0
+    work = Path(tempfile.mkdtemp(prefix="bench-reproduce-"))
+    try:
+        for seed in range(args.seeds):
+            for cell in cells:
+                runs = results["runs"].setdefault(cell, {})
+                if str(seed) in runs:
+                    continue
+                if args.budget_min and over_budget(t0, 60 * args.budget_min, done_now):
+                    print(f"budget of {args.budget_min:g} min spent; run again to continue", flush=True)
+                    return
+                runs[str(seed)] = run_cell(cell, seed, _data_keys(parse_cell(cell)[0], args), work, args.quick)
+                done_now += 1
+                results["machine"] = machine()
+                write_json(out, results, indent=1, default=str)
+                r = runs[str(seed)]
+                print(f"{cell} seed {seed}: {100 * (r['accuracy'] or 0):.2f}% ({r['wall_s']:.0f} s, "
+                      f"{r['steps']} steps on {r['coreset_size']} samples)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
+    ap.add_argument("--tables", default="", help="comma-separated tables to run (default: all, in order): "
+                    + ", ".join(t.key for t in TABLES))
+    ap.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 5; --quick {QUICK_SEEDS})")
+    ap.add_argument("--dataset", default="", help="data.dataset of the main (MNIST) cells, for your own data")
+    ap.add_argument("--root", default="", help="data.root of the main cells (default: ../shared/data/mnist)")
+    ap.add_argument("--budget-min", type=float, default=0.0, help="start no new run after this many minutes")
+    ap.add_argument("--report-only", action="store_true", help="only write the doc from the JSON")
+    ap.add_argument("--quick", action="store_true", help="a smoke run on digits with tiny budgets")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default: results/reproduce.json)")
+    ap.add_argument("--doc", type=Path, default=None, help="the report (default: docs/reproduction.md; "
+                                                           "--quick: beside the JSON)")
+    args = ap.parse_args(argv)
+    args.seeds = args.seeds or (QUICK_SEEDS if args.quick else 5)
+    out = args.out or RESULTS / ("reproduce-quick.json" if args.quick else "reproduce.json")
+    results = read_json(out) or {"benchmark": "reproduce", "runs": {}}
+    if not args.report_only or "budget" not in results:
+        results["budget"] = _budget(args)
+    if not args.report_only:
+        _run_all(args, results, out)
+    results["path"] = str(out.relative_to(DOC.parents[1])) if out.is_relative_to(DOC.parents[1]) else str(out)
+    doc = args.doc or (out.with_suffix(".md") if args.quick else DOC)
+    doc.write_text(render(results, f"{COMMAND} --report-only" if not args.quick else f"{COMMAND} --quick"))
+    write_json(out, results, indent=1, default=str)
+    print(f"report: {doc}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The reproduction study's grid: the papers' tables as cells, and the claims the cells decide.
+
+A *cell* is one single-device run of the papers' protocol (the learning benchmark's ``single-*`` recipe: one
+device holding the whole training set, the float reference trained on it, T = 30 epochs with one Adam and one
+cosine schedule, the coreset re-selected every R = 10 epochs, KD from the reference, BatchNorm re-estimated on
+the coreset) at one bit-width, fraction and *row* (selector, with or without CLC). On MNIST's 60,000 samples a
+1% cell trains on 600 samples for 30 x 10 = 300 optimizer steps (batch 64).
+
+Cell names are ``<dataset>/<bits>/<fraction>/<row>``, e.g. ``mnist/w2a2/1%/quarc``. Tables list cells in the
+order the study runs them; a cell in several tables runs once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulations.benchmarks.learning import SINGLE
+
+__all__ = ["BITS", "CLAIMS", "Claim", "DATASETS", "ROWS", "TABLES", "Table", "cell_name", "cell_overrides",
+           "parse_cell"]
+
+#: The single-device protocol of the learning issue, T = 30 epochs, evaluated every 10.
+PROTOCOL: dict[str, Any] = {**SINGLE, "federation.rounds": 30, "coreset.redraw": False}
+BITS: dict[str, dict[str, Any]] = {
+    "w2a2": {"quant.weight-bits": 2, "quant.act-bits": 2},
+    "w3a3": {"quant.weight-bits": 3, "quant.act-bits": 3},
+    "w4a4": {"quant.weight-bits": 4, "quant.act-bits": 4},
+    "w2": {"quant.weight-bits": 2, "quant.act-bits": 32, "quant.weights-only": True},  # QuaRC's MobileNetV2 rows
+}
+_CLC = {"train.clc-beta": "auto"}  # beta * L_CLC = 0.5 * L_KD on the first batch (docs/coreset.md)
+#: row -> overrides: the selector, and CLC where the row has it. ``quarc`` is QuaRC as published (RES + EVS + DS
+#: selection and CLC); ``acs+res`` is its selection without CLC.
+ROWS: dict[str, dict[str, Any]] = {
+    "random": {"coreset.method": "random", "coreset.redraw": True},
+    "forgetting": {"coreset.method": "forgetting"},
+    "moderate": {"coreset.method": "moderate"},
+    "acs": {"coreset.method": "acs"},
+    "quarc": {"coreset.method": "quarc", **_CLC},
+    "acs+res": {"coreset.method": "quarc"},
+    "acs+clc": {"coreset.method": "acs", **_CLC},
+    "random+clc": {"coreset.method": "random", "coreset.redraw": True, **_CLC},
+    "forgetting+clc": {"coreset.method": "forgetting", **_CLC},
+    "moderate+clc": {"coreset.method": "moderate", **_CLC},
+    "evs+clc": {"coreset.method": "evs", **_CLC},
+    "ds+clc": {"coreset.method": "ds", **_CLC},
+    "res+clc": {"coreset.method": "res", **_CLC},
+    "evs+res+clc": {"coreset.method": "evs+res", **_CLC},
+    "ds+res+clc": {"coreset.method": "ds+res", **_CLC},
+    **{f"quarc-beta{e}": {"coreset.method": "quarc", "train.clc-beta": float(10 ** int(e[2:]))}
+       for e in ("1e2", "1e3", "1e4", "1e5", "1e6", "1e7")},
+    "full": {"coreset.method": "full", "federation.rounds": 3, "federation.eval-every": 1},
+}
+#: dataset -> (data keys, model keys); ``--dataset``/``--root`` replace the first one's data keys.
+DATASETS: dict[str, dict[str, Any]] = {
+    "mnist": {"data.dataset": "npz", "data.root": "mnist"},
+    "cifar10": {"data.dataset": "npz", "data.root": "cifar10-jpeg"},
+}
+FRACTIONS = {"1%": 0.01, "3%": 0.03, "5%": 0.05, "10%": 0.1}
+
+
+def cell_name(dataset: str, bits: str, fraction: str, row: str) -> str:
+    return f"{dataset}/{bits}/{fraction}/{row}"
+
+
+def parse_cell(name: str) -> tuple[str, str, str, str]:
+    dataset, bits, fraction, row = name.split("/")
+    return dataset, bits, fraction, row
+
+
+def cell_overrides(name: str) -> dict[str, Any]:
+    """The flat scenario keys of a cell (data keys excepted: the study adds them)."""
+    _, bits, fraction, row = parse_cell(name)
+    flat = {**PROTOCOL, **BITS[bits], "coreset.fraction": FRACTIONS[fraction], **ROWS[row]}
+    if row == "full":
+        flat["coreset.fraction"] = 1.0
+    return flat
+
+
+@dataclass(frozen=True)
+class Table:
+    """One of the papers' tables, as cells of this study."""
+
+    key: str
+    title: str
+    source: str
+    cells: tuple[str, ...]
+
+
+def _grid(dataset: str, bits: tuple[str, ...], fractions: tuple[str, ...], rows: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(cell_name(dataset, b, f, r) for b in bits for f in fractions for r in rows)
+
+
+SELECTOR_ROWS = ("random", "forgetting", "moderate", "acs", "quarc")
+#: In the order the study runs them (most decisive first): a budget cut leaves the later tables short.
+TABLES: tuple[Table, ...] = (
+    Table("ablation", "Ablation at 1%, W2A2: ACS, +RES, +CLC, +RES+CLC", "QuaRC Table III",
+          _grid("mnist", ("w2a2",), ("1%",), ("acs", "acs+res", "acs+clc", "quarc"))),
+    Table("clc-everywhere", "CLC added to other selectors, 1%, W2A2", "QuaRC Table V",
+          _grid("mnist", ("w2a2",), ("1%",), ("random", "random+clc", "forgetting", "forgetting+clc", "moderate",
+                                              "moderate+clc", "acs", "acs+clc"))),
+    Table("table1-1pct", "Selectors at 1% (MNIST)", "QuaRC Table I, 1% column",
+          _grid("mnist", ("w2a2", "w4a4", "w3a3", "w2"), ("1%",), SELECTOR_ROWS)),
+    Table("table1-10pct", "Selectors at 10% (MNIST)", "QuaRC Table I, 10% column; ACS §2.4",
+          _grid("mnist", ("w2a2", "w4a4", "w3a3", "w2"), ("10%",), SELECTOR_ROWS)),
+    Table("metrics", "Selection metrics with CLC, 1%, W2A2", "QuaRC Table IV",
+          _grid("mnist", ("w2a2",), ("1%",), ("evs+clc", "ds+clc", "res+clc", "acs+clc", "evs+res+clc",
+                                              "ds+res+clc", "quarc"))),
+    Table("beta", "CLC weight beta, QuaRC at 1%, W2A2", "QuaRC §1 (beta); ALGORITHMS.md defaults",
+          _grid("mnist", ("w2a2",), ("1%",), ("quarc-beta1e2", "quarc-beta1e3", "quarc-beta1e4", "quarc-beta1e5",
+                                              "quarc-beta1e6", "quarc-beta1e7", "quarc"))),
+    Table("cost", "Cost: full-data QAT against QuaRC at 10%, W2A2", "QuaRC timing",
+          _grid("mnist", ("w2a2",), ("10%",), ("quarc",)) + _grid("mnist", ("w2a2",), ("1%",), ("full",))),
+    Table("table1-fractions", "Selectors at 3% and 5% (MNIST)", "QuaRC Table I, 3% and 5% columns",
+          _grid("mnist", ("w2a2", "w4a4", "w3a3", "w2"), ("3%", "5%"), SELECTOR_ROWS)),
+    Table("cifar10", "Selectors at 1% and 10% (CIFAR-10)", "QuaRC Table I analog on CIFAR-10",
+          _grid("cifar10", ("w2a2", "w4a4"), ("1%", "10%"), SELECTOR_ROWS)),
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of ALGORITHMS.md and the cells that decide it: ``better`` beats each of ``against``, seed by seed."""
+
+    key: str
+    source: str
+    text: str
+    better: str
+    against: tuple[str, ...]
+    paper: str = ""  # the paper's numbers for the same comparison
+    tags: tuple[str, ...] = field(default=())
+
+
+def _c(bits: str, frac: str, row: str) -> str:
+    return cell_name("mnist", bits, frac, row)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("quarc-beats-acs-2bit-1pct", "ALGORITHMS.md §1.8, Table I/II", "QuaRC beats ACS at 1%, 2 bits",
+          _c("w2a2", "1%", "quarc"), (_c("w2a2", "1%", "acs"),), "+5.72 (2w2a ImageNet), +9.52 (2w CIFAR-100)"),
+    Claim("quarc-beats-acs-4bit-1pct", "ALGORITHMS.md §1.8, Table I/II", "QuaRC beats ACS at 1%, 4 bits",
+          _c("w4a4", "1%", "quarc"), (_c("w4a4", "1%", "acs"),), "+1.87 (4w4a ImageNet), +1.88 (4w CIFAR-100)"),
+    Claim("quarc-beats-acs-3bit-1pct", "ALGORITHMS.md §1.8, Table I/II", "QuaRC beats ACS at 1%, 3 bits",
+          _c("w3a3", "1%", "quarc"), (_c("w3a3", "1%", "acs"),), "+2.82 (3w3a ImageNet), +3.71 (3w CIFAR-100)"),
+    Claim("quarc-beats-acs-w2-1pct", "ALGORITHMS.md §1.8, Table I", "QuaRC beats ACS at 1%, weight-only 2 bits",
+          _c("w2", "1%", "quarc"), (_c("w2", "1%", "acs"),), "+9.52 (2w32a CIFAR-100)"),
+    Claim("quarc-beats-baselines-2bit-1pct", "ALGORITHMS.md §1.8, Table I", "QuaRC beats every baseline at 1%, "
+          "2 bits", _c("w2a2", "1%", "quarc"), tuple(_c("w2a2", "1%", r) for r in SELECTOR_ROWS[:4]),
+          "+5.7 to +24.1 (2w2a ImageNet)"),
+    Claim("clc-supplies-most", "ALGORITHMS.md §1.8, Table III", "CLC supplies most of QuaRC's gain over ACS: "
+          "ACS+CLC beats ACS+RES", _c("w2a2", "1%", "acs+clc"), (_c("w2a2", "1%", "acs+res"),),
+          "55.25 vs 48.77 (2w CIFAR-100)"),
+    Claim("res-adds", "ALGORITHMS.md §1.8, Table III", "RES adds to ACS's selection (no CLC)",
+          _c("w2a2", "1%", "acs+res"), (_c("w2a2", "1%", "acs"),), "+1.93 (2w), +0.92 (3w), +0.20 (4w)"),
+    Claim("res-adds-with-clc", "ALGORITHMS.md §1.8, Table III", "RES adds to ACS+CLC",
+          _c("w2a2", "1%", "quarc"), (_c("w2a2", "1%", "acs+clc"),), "+1.11 (2w), +0.37 (3w), +0.31 (4w)"),
+    *(Claim(f"clc-helps-{r}", "ALGORITHMS.md §1.8, Table V", f"CLC helps {r}", _c("w2a2", "1%", f"{r}+clc"),
+            (_c("w2a2", "1%", r),), paper) for r, paper in (("random", "+8.75"), ("forgetting", "+6.56"),
+                                                            ("moderate", "+11.26"), ("acs", "+8.41"))),
+    Claim("all-metrics-best", "ALGORITHMS.md §1.8, Table IV", "All three metrics beat each one alone (with CLC)",
+          _c("w2a2", "1%", "quarc"), tuple(_c("w2a2", "1%", r) for r in ("evs+clc", "ds+clc", "res+clc")),
+          "56.36 vs 53.87 / 54.05 / 55.41"),
+    Claim("acs-beats-random-4bit-10pct", "ALGORITHMS.md §2.4", "ACS beats random at 10%, 4 bits",
+          _c("w4a4", "10%", "acs"), (_c("w4a4", "10%", "random"),), "+4.24 (4w4a ImageNet)"),
+    Claim("acs-beats-random-2bit-10pct", "ALGORITHMS.md §2.4", "ACS beats random at 10%, 2 bits",
+          _c("w2", "10%", "acs"), (_c("w2", "10%", "random"),), "+1.45 (2w CIFAR-100, plot)"),
+    Claim("acs-beats-baselines-10pct", "ALGORITHMS.md §2.4", "ACS beats forgetting and moderate at 10%, 4 bits",
+          _c("w4a4", "10%", "acs"), (_c("w4a4", "10%", "forgetting"), _c("w4a4", "10%", "moderate")),
+          "all baselines roughly at random's level, below ACS"),
+    Claim("quarc-gap-shrinks", "ALGORITHMS.md §1.8, Table I/VI", "QuaRC beats ACS at 10%, 2 bits (the paper: a "
+          "smaller gap than at 1%)", _c("w2a2", "10%", "quarc"), (_c("w2a2", "10%", "acs"),),
+          "+0.77 (2w2a ImageNet), +2.32 (2w CIFAR-100)"),
+)

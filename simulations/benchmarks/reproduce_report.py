@@ -1,0 +1,137 @@
+"""The reproduction study's statistics, verdicts and ``docs/reproduction.md``, all from its results JSON.
+
+A claim "A beats B" is judged on the paired differences ``acc(A, seed) - acc(B, seed)`` over the seeds both ran
+(the same seed gives both the same data order and initial coreset draw):
+
+- **reproduced**: the 95% t interval of the mean difference lies above 0, for every B of the claim;
+- **not reproduced**: for some B the interval lies below ``MIN_EFFECT`` (0.5 points): the claimed gain is
+  excluded at this budget (A is no better, or is worse);
+- **inconclusive at this budget**: otherwise, including fewer than ``MIN_SEEDS`` paired seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from simulations.analysis.stats import mean_ci95
+from simulations.benchmarks.reproduce_grid import CLAIMS, TABLES, Claim, parse_cell
+
+__all__ = ["MIN_EFFECT", "MIN_SEEDS", "paired", "verdict", "judge", "render"]
+
+MIN_EFFECT = 0.005  # half a point of accuracy
+MIN_SEEDS = 3
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this budget"
+
+
+def accuracies(results: Mapping[str, Any], cell: str) -> dict[str, float]:
+    """seed -> final deployed accuracy of a cell's finished runs."""
+    return {s: r["accuracy"] for s, r in results.get("runs", {}).get(cell, {}).items() if r.get("accuracy") is not None}
+
+
+def paired(results: Mapping[str, Any], a: str, b: str) -> tuple[float, float, int]:
+    """Mean and 95% half-width of ``acc(a) - acc(b)`` over the seeds both ran, and their number."""
+    xa, xb = accuracies(results, a), accuracies(results, b)
+    diffs = [xa[s] - xb[s] for s in sorted(set(xa) & set(xb))]
+    if not diffs:
+        return math.nan, math.nan, 0
+    mean, half = mean_ci95(diffs)
+    return mean, half, len(diffs)
+
+
+def verdict(mean: float, half: float, n: int) -> str:
+    """The verdict on one paired comparison (see the module docstring).
+
+    Examples
+    --------
+    >>> verdict(0.02, 0.01, 5), verdict(-0.01, 0.004, 5), verdict(0.004, 0.01, 5), verdict(0.05, 0.001, 2)
+    ('reproduced', 'not reproduced', 'inconclusive at this budget', 'inconclusive at this budget')
+    """
+    if n < MIN_SEEDS or math.isnan(half):
+        return INCONCLUSIVE
+    if mean - half > 0:
+        return REPRODUCED
+    if mean + half < MIN_EFFECT:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
+
+
+def judge(results: Mapping[str, Any], claim: Claim) -> dict[str, Any]:
+    """A claim's verdict and the comparisons behind it (the worst one decides)."""
+    comps = []
+    for b in claim.against:
+        mean, half, n = paired(results, claim.better, b)
+        comps.append({"against": b, "mean": mean, "half": half, "seeds": n, "verdict": verdict(mean, half, n)})
+    verdicts = {c["verdict"] for c in comps}
+    overall = NOT_REPRODUCED if NOT_REPRODUCED in verdicts else (
+        REPRODUCED if verdicts == {REPRODUCED} else INCONCLUSIVE)
+    return {"claim": claim.key, "verdict": overall, "comparisons": comps}
+
+
+def _pct(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean:+.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
+
+
+def _acc_text(values: list[float]) -> str:
+    if not values:
+        return "not run"
+    mean, half = mean_ci95(values)
+    return f"{100 * mean:.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
+
+
+def _cell_row(results: Mapping[str, Any], cell: str, baselines: dict[str, str]) -> str:
+    runs = results.get("runs", {}).get(cell, {})
+    accs = list(accuracies(results, cell).values())
+    walls = [r["wall_s"] for r in runs.values() if r.get("wall_s") is not None]
+    flops = [r["flops"] for r in runs.values() if r.get("flops") is not None]
+    ratio = [r["kd_clc_ratio"] for r in runs.values() if r.get("kd_clc_ratio") is not None]
+    vs = [_pct(*paired(results, cell, b)[:2]) if b != cell else "" for b in baselines.values()]
+    dataset, bits, frac, row = parse_cell(cell)
+    wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
+    gflop = f"{sum(flops) / len(flops) / 1e9:.0f}" if flops else "–"
+    kd = f"{sum(ratio) / len(ratio):.3g}" if ratio else "–"
+    return f"| {bits} | {frac} | {row} | {_acc_text(accs)} | {len(accs)} | {' | '.join(vs)} | {wall} | {gflop} | {kd} |"
+
+
+def _table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str, ...]) -> list[str]:
+    dataset = parse_cell(cells[0])[0]
+    lines = [f"### {title} ({source})", "",
+             "| bits | fraction | row | accuracy % (mean ± 95%) | seeds | vs random (paired) | vs ACS (paired) | "
+             "wall s | GFLOP | KD : β·CLC |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        _, bits, frac, _ = parse_cell(cell)
+        base = {k: f"{dataset}/{bits}/{frac}/{k}" for k in ("random", "acs")}
+        lines.append(_cell_row(results, cell, base))
+    return [*lines, ""]
+
+
+def render(results: Mapping[str, Any], command: str) -> str:
+    """``docs/reproduction.md``: the budget, one table per paper table, then the verdicts."""
+    budget = results.get("budget", {})
+    lines = ["# Reproduction study: QuaRC's and ACS's claims at budgets where the answer means something", "",
+             f"Generated by `{command}` from `{results.get('path', 'its results JSON')}` (commit "
+             f"{results.get('machine', {}).get('commit', '?')}); do not edit by hand.", "",
+             "## Protocol and budget", "",
+             f"- {budget.get('protocol', '')}",
+             f"- Data: {budget.get('data', '')}.",
+             f"- Seeds per cell: up to {budget.get('seeds', '?')}; {budget.get('note', '')}",
+             "- Accuracy: the deployed (integer-export) model on the whole test split after the last epoch. "
+             "`vs random` / `vs ACS`: the mean paired difference over the seeds both cells ran, in points, "
+             "with its 95% t interval. wall s: the run's wall time; GFLOP: the compute the virtual clock "
+             "charged (training, teacher and scoring passes).",
+             f"- Verdicts: reproduced if the interval of every paired difference lies above 0; not reproduced if "
+             f"one lies below {100 * MIN_EFFECT:.1f} points; otherwise inconclusive at this budget (also with "
+             f"fewer than {MIN_SEEDS} paired seeds).", "", "## Tables", ""]
+    for t in TABLES:
+        lines += _table(results, t.title, t.source, t.cells)
+    lines += ["## Verdicts", "", "| claim | source | paper | verdict | deciding comparison (points) |",
+              "|---|---|---|---|---|"]
+    for claim in CLAIMS:
+        j = judge(results, claim)
+        worst = min(j["comparisons"], key=lambda c: (c["mean"] if not math.isnan(c["mean"]) else -1e9))
+        decide = f"vs {parse_cell(worst['against'])[3]}: {_pct(worst['mean'], worst['half'])} ({worst['seeds']} seeds)"
+        lines.append(f"| {claim.text} | {claim.source} | {claim.paper} | **{j['verdict']}** | {decide} |")
+    return "\n".join(lines) + "\n"

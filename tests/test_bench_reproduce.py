@@ -1,0 +1,86 @@
+"""The reproduction study: its grid keeps the issue's budget, its quick run writes the schema, and its verdicts
+follow the stated rule on its own output."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from simulations.analysis.stats import t_quantile_975
+from simulations.benchmarks import reproduce
+from simulations.benchmarks.reproduce_grid import BITS, CLAIMS, FRACTIONS, PROTOCOL, ROWS, TABLES, cell_overrides
+from simulations.benchmarks.reproduce_report import MIN_EFFECT, judge, verdict
+
+
+def test_a_one_percent_cell_trains_on_600_samples_for_300_steps() -> None:
+    flat = cell_overrides("mnist/w2a2/1%/quarc")
+    samples = round(60_000 * flat["coreset.fraction"])
+    steps = flat["federation.rounds"] * math.ceil(samples / flat["train.batch-size"])
+    assert samples >= 600 and steps >= 300
+    assert flat["train.clc-beta"] == "auto" and flat["coreset.method"] == "quarc"
+    assert cell_overrides("mnist/w2a2/1%/acs+res").get("train.clc-beta", PROTOCOL.get("train.clc-beta", 0.0)) == 0.0
+
+
+def test_every_claim_is_decided_by_cells_the_tables_run() -> None:
+    cells = {c for t in TABLES for c in t.cells}
+    for claim in CLAIMS:
+        assert {claim.better, *claim.against} <= cells, claim.key
+    for t in TABLES:
+        for cell in t.cells:
+            _, bits, frac, row = cell.split("/")
+            assert bits in BITS and frac in FRACTIONS and row in ROWS, cell
+
+
+@pytest.mark.parametrize(("mean", "half", "n", "expected"), [
+    (0.02, 0.01, 5, "reproduced"), (0.0001, 0.00005, 5, "reproduced"),
+    (-0.03, 0.01, 5, "not reproduced"), (0.001, 0.002, 5, "not reproduced"),  # a gain of half a point excluded
+    (0.01, 0.02, 5, "inconclusive at this budget"), (0.05, 0.001, 2, "inconclusive at this budget"),
+])
+def test_the_verdict_rule(mean: float, half: float, n: int, expected: str) -> None:
+    assert verdict(mean, half, n) == expected
+
+
+def _by_hand(diffs: list[float]) -> str:
+    """The rule of reproduce_report's docstring, computed independently."""
+    if len(diffs) < 3:
+        return "inconclusive at this budget"
+    half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    mean = statistics.fmean(diffs)
+    if mean - half > 0:
+        return "reproduced"
+    return "not reproduced" if mean + half < MIN_EFFECT else "inconclusive at this budget"
+
+
+def test_quick_run_writes_the_schema_and_judges_its_own_output(tmp_path: Path) -> None:
+    # Prepare + Execute: the smoke run (two cells, three seeds, digits).
+    out, doc = tmp_path / "reproduce.json", tmp_path / "reproduction.md"
+    results = reproduce.main(["--quick", "--out", str(out), "--doc", str(doc)])
+    # Assert: the JSON holds every run with the schema, the commit and the budget.
+    saved = json.loads(out.read_text())
+    assert saved["machine"]["commit"] and saved["budget"]["seeds"] == reproduce.QUICK_SEEDS
+    for cell in reproduce.QUICK_CELLS:
+        runs = saved["runs"][cell]
+        assert sorted(runs) == [str(s) for s in range(reproduce.QUICK_SEEDS)]
+        for r in runs.values():
+            assert set(reproduce.SCHEMA) <= set(r)
+            assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] > 0 and r["flops"] > 0 and r["wall_s"] > 0
+    # ... and each verdict is the rule applied to the paired seeds, by hand.
+    text = doc.read_text()
+    for claim in CLAIMS:
+        j = judge(results, claim)
+        per = []
+        for c in j["comparisons"]:
+            a, b = saved["runs"].get(claim.better, {}), saved["runs"].get(c["against"], {})
+            per.append(_by_hand([a[s]["accuracy"] - b[s]["accuracy"] for s in sorted(set(a) & set(b))]))
+        expected = ("not reproduced" if "not reproduced" in per else
+                    "reproduced" if set(per) == {"reproduced"} else "inconclusive at this budget")
+        assert j["verdict"] == expected, claim.key
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {claim.text} |"))
+        assert f"**{expected}**" in line, line
+    # A second invocation resumes: nothing reruns, and the report is rewritten from the JSON alone.
+    again = reproduce.main(["--quick", "--out", str(out), "--doc", str(doc), "--report-only"])
+    assert again["runs"] == saved["runs"]
