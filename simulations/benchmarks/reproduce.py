@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulations.benchmarks.common import RESULTS, SHARED_DATA, machine, over_budget, read_json, write_json
+from simulations.benchmarks.common import (
+    RESULTS,
+    SHARED_DATA,
+    git_commit,
+    machine,
+    over_budget,
+    read_json,
+    write_json,
+)
 from simulations.benchmarks.reproduce_grid import DATASETS, PROTOCOL, TABLES, cell_overrides, parse_cell
 from simulations.benchmarks.reproduce_report import render
 
@@ -32,8 +40,8 @@ __all__ = ["SCHEMA", "main", "run_cell"]
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduction.md"
 COMMAND = "python -m simulations.benchmarks.reproduce"
 #: Keys of one run's record in the JSON (the tests check them).
-SCHEMA = ("accuracy", "fake_quant_accuracy", "float_accuracy", "curve", "wall_s", "flops", "kd_clc_ratio",
-          "clc_beta", "coreset_size", "train_samples", "steps")
+SCHEMA = ("accuracy", "fake_quant_accuracy", "float_accuracy", "curve", "wall_s", "reference_s", "commit", "flops",
+          "kd_clc_ratio", "clc_beta", "coreset_size", "train_samples", "steps")
 QUICK: dict[str, Any] = {"data.dataset": "digits", "data.root": "", "federation.rounds": 2,
                          "coreset.reselect-every": 1, "federation.eval-every": 1, "model.pretrain-epochs": 2,
                          "coreset.fraction": 0.2}
@@ -57,10 +65,12 @@ def _record(summary: dict[str, Any], run_dir: Path, wall: float, batch_size: int
     devices = [d for d in read_jsonl(run_dir / "devices.jsonl", []) if d.get("status") == "ok"]
     first = devices[0] if devices else {}
     samples = sum(d.get("train_samples", 0) for d in devices)
+    reference_s = (summary.get("startup_s") or {}).get("reference", 0.0)  # pretraining, when not cached
     return {"accuracy": summary.get("final_accuracy"), "fake_quant_accuracy": summary.get("fake_quant_accuracy"),
             "float_accuracy": summary.get("fp_reference_accuracy"),
             "curve": [[r["round"], r["accuracy"], r.get("wall_s")] for r in rounds if r.get("accuracy") is not None],
-            "wall_s": wall, "flops": _flops(devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
+            "wall_s": wall - reference_s, "reference_s": reference_s, "commit": git_commit(),
+            "flops": _flops(devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
             "clc_beta": first.get("clc-beta"), "coreset_size": first.get("coreset_size"), "train_samples": samples,
             "steps": sum(-(-d.get("train_samples", 0) // batch_size) for d in devices)}
 

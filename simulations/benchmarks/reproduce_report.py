@@ -120,7 +120,8 @@ def render(results: Mapping[str, Any], command: str) -> str:
              f"- Seeds per cell: up to {budget.get('seeds', '?')}; {budget.get('note', '')}",
              "- Accuracy: the deployed (integer-export) model on the whole test split after the last epoch. "
              "`vs random` / `vs ACS`: the mean paired difference over the seeds both cells ran, in points, "
-             "with its 95% t interval. wall s: the run's wall time; GFLOP: the compute the virtual clock "
+             "with its 95% t interval. wall s: the run's wall time (without the float reference's pretraining, "
+             "cached after its first run); GFLOP: the compute the virtual clock "
              "charged (training, teacher and scoring passes).",
              f"- Verdicts: reproduced if the interval of every paired difference lies above 0; not reproduced if "
              f"one lies below {100 * MIN_EFFECT:.1f} points; otherwise inconclusive at this budget (also with "
