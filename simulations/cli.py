@@ -16,7 +16,7 @@ from fleet.config.scenario import ConfigError
 from fleet.errors import RunFailed
 from simulations.run.logs import FlowerNoise
 
-__all__ = ["main", "build_parser", "print_summary"]
+__all__ = ["main", "build_parser", "print_summary", "add_scenario_arguments"]
 
 EPILOG = "Scenario keys: docs/scenario-keys.md. Results: docs/results.md."
 #: Subcommands that live in their own modules (each has add_parser(subparsers) and main(args)).
@@ -24,15 +24,20 @@ SUBCOMMAND_MODULES = ("simulations.analysis.report", "simulations.run.sweep", "s
                       "simulations.run.resume", "simulations.deployment.command")
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a scenario on a simulated fleet (Flower + Ray, in-process)",
-                       description="Run SCENARIO: a TOML file of run-config keys, or the name of a file in "
-                                   "simulations/scenarios/ (e.g. 'quickstart').", epilog=EPILOG)
+def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """SCENARIO, ``--set KEY=VALUE`` and ``--out DIR``: how every command that runs a scenario names it."""
     p.add_argument("scenario", help="scenario file or built-in scenario name")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set federation.rounds=10 (repeatable)")
     p.add_argument("--out", default=None, help="run directory (must not exist or be empty; "
                                                "default runs/<scenario>/<timestamp>)")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a scenario on a simulated fleet (Flower + Ray, in-process)",
+                       description="Run SCENARIO: a TOML file of run-config keys, or the name of a file in "
+                                   "simulations/scenarios/ (e.g. 'quickstart').", epilog=EPILOG)
+    add_scenario_arguments(p)
     p.add_argument("--quiet", action="store_true", help="logs only, no live progress display")
     p.add_argument("--no-report", action="store_true", help="do not write plots and report.md at the end")
     p.add_argument("-v", "--verbose", action="store_true", help="Flower's and Ray's logs on the terminal instead of "

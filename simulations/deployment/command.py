@@ -37,13 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "node i told partition-id=i), run SCENARIO through them with `flwr run`, collect "
                                    "the results into the usual run directory, and stop every process. "
                                    "docs/deployment.md has the path from here to real machines.")
-    p.add_argument("scenario", help="scenario file or built-in scenario name")
+    from simulations.cli import add_scenario_arguments
+
+    add_scenario_arguments(p)
     p.add_argument("--devices", type=int, required=True, metavar="N",
                    help="SuperNodes to start; sets federation.num-devices = N")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a scenario key (repeatable)")
-    p.add_argument("--out", default=None, help="run directory (must not exist or be empty; "
-                                               "default runs/<scenario>/<timestamp>)")
     p.add_argument("--insecure", action="store_true", help="no TLS and no SuperNode authentication (warned)")
     p.add_argument("--quiet", action="store_true", help="do not echo the run's log stream")
     p.set_defaults(func=main)
