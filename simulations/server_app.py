@@ -92,6 +92,8 @@ def run_fleet(grid: Grid, cfg: ScenarioConfig, run_dir: Path, progress: Progress
     startup.mark("engine")
     _seed_everything(cfg.federation.seed)
     out = RunDir(run_dir, cfg)
+    if hosted:  # its devices keep their state on the SuperNodes: `fleet resume` refuses the directory
+        out.summary["hosted"] = "flower-runtime"
     try:
         return _run(grid, cfg, out, run_dir, progress, resume, hosted)
     except Exception as exc:

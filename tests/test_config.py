@@ -49,8 +49,8 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("bad-codec", {"quant.codec": "gzip"},
      "quant.codec: must be one of fp32, fp16, delta-int8, delta-int4, qweights; got 'gzip'"),
     ("bad-coreset", {"coreset.method": "kmeans"},
-     "coreset.method: must be one of full, random, evs, ds, res, acs, quarc, forgetting, moderate, margin; "
-     "got 'kmeans'"),
+     "coreset.method: must be one of full, random, evs, ds, res, evs+res, ds+res, acs, quarc, forgetting, moderate, "
+     "margin; got 'kmeans'"),
     ("per-round-gt-devices", {"federation.num-devices": 5, "federation.devices-per-round": 6},
      "federation.devices-per-round: must be <= federation.num-devices (5), got 6"),
     ("npz-without-root", {"data.dataset": "npz"},

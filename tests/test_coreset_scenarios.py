@@ -17,7 +17,7 @@ from simulations.cli import main
 from simulations.run.scenario import load_config, preflight
 
 SCENARIO = "quickstart"  # digits + mlp: no files needed
-METHODS = "full, random, evs, ds, res, acs, quarc, forgetting, moderate, margin"
+METHODS = "full, random, evs, ds, res, evs+res, ds+res, acs, quarc, forgetting, moderate, margin"
 
 # (--set overrides, key the error must name, a fragment of the message)
 BAD_PARSE: list[tuple[list[str], str, str]] = [

@@ -34,11 +34,12 @@ PYPROJECT = APP_ROOT / "pyproject.toml"
 #: Two rounds of the quickstart on two devices, under both engines.
 SETS = ["federation.rounds=2", "federation.num-devices=2", "federation.devices-per-round=2"]
 WALL = ("wall_time_s", "finished_at", "startup_s", "wall_s")
+HOSTED = ("hosted",)  # the deployed run says it ran under Flower's runtime (fleet resume refuses it)
 
 
 def _same(a: dict, b: dict) -> dict:
     """The keys on which two summaries differ, wall-clock ones aside."""
-    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if k not in WALL and a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if k not in WALL + HOSTED and a.get(k) != b.get(k)}
 
 
 def test_the_certificate_names_loopback_and_is_signed_by_the_ca(tmp_path: Path) -> None:
@@ -134,6 +135,7 @@ def test_tls_and_authenticated_supernodes_run_the_quickstart_as_the_simulation_d
         assert (run_dir / name).is_file(), name
     deployed = json.loads((run_dir / "summary.json").read_text())
     assert deployed["status"] == "complete" and deployed["scenario"] == "quickstart"
+    assert deployed["hosted"] == "flower-runtime"
     assert not (run_dir / "device-state").exists()  # devices kept their state in Flower's context.state
     assert [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE] == []
     assert _processes_naming(str(tmp_path / "work")) == []
@@ -144,9 +146,28 @@ def test_tls_and_authenticated_supernodes_run_the_quickstart_as_the_simulation_d
     assert _same(deployed, simulated) == {}
 
 
+def test_an_option_that_cannot_travel_is_refused_by_name_and_paths_become_absolute(tmp_path: Path) -> None:
+    cfg, _ = load_config("quickstart", ["strategy.name=fedprox", 'strategy.options.tag="a,b"'])
+    with pytest.raises(ConfigError, match=r"^strategy\.options\.tag: 'a,b' cannot travel"):
+        run_config_for_flwr(cfg, tmp_path, PYPROJECT)
+    cfg, _ = load_config("quickstart", ["data.root=some/folder", "strategy.path=examples/custom_strategy"])
+    nested = run_config_for_flwr(cfg, tmp_path, PYPROJECT)
+    assert nested["data"]["root"] == str(Path("some/folder").resolve())
+    assert nested["strategy"]["path"] == str(Path("examples/custom_strategy").resolve())
+
+
+def test_fleet_resume_refuses_a_run_made_under_flowers_runtime(tmp_path: Path) -> None:
+    from simulations.run.resume import check_resumable
+
+    (tmp_path / "config.toml").write_text("[federation]\nrounds = 2\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted", "hosted": "flower-runtime"}))
+    with pytest.raises(ConfigError, match="ran under Flower's runtime"):
+        check_resumable(tmp_path)
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process_and_marks_the_run(tmp_path: Path) -> None:
-    # Prepare: fleet deploy --insecure of a run long enough to be interrupted in its rounds.
+def test_sigterm_stops_every_process_and_marks_the_run(tmp_path: Path) -> None:
+    # Prepare: fleet deploy --insecure of a run long enough to be stopped in its rounds.
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "simulations.cli", "deploy", "quickstart", "--devices", "2",
                              "--insecure", "--quiet", "--out", str(out), "--set", "federation.rounds=50"],
@@ -157,13 +178,16 @@ def test_ctrl_c_stops_every_process_and_marks_the_run(tmp_path: Path) -> None:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.5)
     before = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    # Act: Ctrl-C.
-    proc.send_signal(signal.SIGINT)
+    # Act: kill (SIGTERM; Ctrl-C takes the same path, as a KeyboardInterrupt).
+    proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    # Assert: exit 130, the warning about --insecure, the run marked, logs kept, no process left.
+    # Assert: exit 130, the warning about --insecure, the run marked, logs and exit codes kept, no process left.
     assert proc.returncode == 130, stderr
     assert "warning: --insecure: plain HTTP and no SuperNode authentication" in stderr
-    assert "interrupted: every process of the deployment is stopped" in stderr
+    assert "interrupted (SIGTERM): every process of the deployment is stopped" in stderr
+    codes = {p["name"]: p["returncode"] for p in json.loads((out / "deployment" / "processes.json").read_text())
+             ["processes"]}
+    assert codes["superlink"] is not None and codes["superlink"] != 0, codes  # stopped by a signal, not exit 0
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     assert (out / "deployment" / "superlink.log").is_file() and (out / "deployment" / "processes.json").is_file()
     assert before and [p for p in before if psutil.pid_exists(p)

@@ -54,6 +54,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import textwrap
 import tomllib
 from dataclasses import dataclass
@@ -146,9 +147,15 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
     return dict(action.choices)
 
 
+#: Flower's commands run offline and leave ~/.flwr alone (no update check, a throwaway FLWR_HOME).
+FLOWER_ENV = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1",
+              "FLWR_HOME": str(Path(tempfile.gettempdir()) / "docs-flwr")}
+
+
 @functools.cache
 def _help_exits_0(exe: str, *sub: str) -> bool:
-    return subprocess.run([exe, *sub, "--help"], capture_output=True, cwd=ROOT, timeout=120).returncode == 0
+    return subprocess.run([exe, *sub, "--help"], capture_output=True, cwd=ROOT, timeout=120,
+                          env=FLOWER_ENV).returncode == 0
 
 
 @functools.cache
@@ -248,7 +255,7 @@ def _check_flwr(args: list[str]) -> None:
 
 @functools.cache
 def _flower_help(prog: str) -> str:
-    res = subprocess.run([_exe(prog), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run([_exe(prog), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120, env=FLOWER_ENV)
     assert res.returncode == 0, f"`{prog} --help` did not exit 0"
     return res.stdout
 

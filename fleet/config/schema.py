@@ -255,9 +255,9 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    name: str = opt("", "the scenario's name: run directories runs/<name>/<timestamp> and the summary's `scenario` "
-                        "(default: the scenario file's stem under fleet run, `flwr` under flwr run); set in every "
-                        "built-in scenario so flwr run files its runs under the same name")
+    name: str = opt("", "the scenario's name: run directories runs/<name>/<timestamp> and the summary's `scenario`; "
+                        "under fleet run the scenario file's stem (unless --set), under flwr run this key (else "
+                        "`flwr`): every built-in scenario sets it to its file name")
     dir: str = opt("", "run directory (default runs/<scenario>/<timestamp>)")
     keep_checkpoints: int = opt(2, "round checkpoints kept", ge=1)
     tensorboard: bool = opt(False, "also write TensorBoard events (round scalars, device histograms, the config) "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import tomllib
@@ -24,7 +25,7 @@ import tomli_w
 from fleet.config.scenario import ConfigError, ScenarioConfig, unflatten
 from fleet.errors import RunFailed
 
-__all__ = ["add_parser", "main", "run_config_for_flwr", "deploy"]
+__all__ = ["PATH_KEYS", "add_parser", "app_pyproject", "deploy", "main", "run_config_for_flwr"]
 
 INSECURE_WARNING = ("warning: --insecure: plain HTTP and no SuperNode authentication; any process that reaches "
                     "127.0.0.1:{port} can join the federation and read every model it sends")
@@ -66,21 +67,38 @@ def _config(args: argparse.Namespace) -> ScenarioConfig:
 def run_config_for_flwr(cfg: ScenarioConfig, run_dir: Path, pyproject: Path) -> dict[str, Any]:
     """The scenario as a ``flwr run --run-config`` file: every key, results to ``run_dir`` under its name.
 
-    Flower accepts only keys declared in ``pyproject.toml``: strategy options travel as ``"k=v,k=v"``, the device
-    mix names every declared profile (unlisted ones at weight 0), and anything else undeclared is refused.
+    Flower accepts only keys declared in ``pyproject.toml``: strategy options travel as ``"k=v,k=v"`` (a value
+    that cannot, such as a list or a text with a comma, is refused by name), the device mix names every declared
+    profile (unlisted ones at weight 0), and anything else undeclared is refused. The apps run from the app's
+    folder, so relative paths (``data.root``, ``model.checkpoint``, ``model.cache-dir``, ``strategy.path``) are
+    made absolute against this working directory, as ``fleet run`` reads them.
     """
     declared = _declared_keys(pyproject)
     flat = cfg.to_flat()
     options = {k.split(".", 2)[2]: v for k, v in flat.items() if k.startswith("strategy.options.")}
     flat = {k: v for k, v in flat.items() if not k.startswith("strategy.options.")}
-    flat["strategy.options"] = ",".join(f"{k}={_toml_value(v)}" for k, v in sorted(options.items()))
+    flat["strategy.options"] = ",".join(f"{k}={_option_text(k, v)}" for k, v in sorted(options.items()))
     flat.update({k: 0.0 for k in declared if k.startswith("devices.profiles.") and k not in flat})
+    flat.update({k: str(Path(flat[k]).resolve()) for k in PATH_KEYS if flat.get(k)})
     flat.update({"output.dir": str(run_dir.resolve()), "output.name": cfg.name})
     for key in flat:
         if key not in declared:
             raise ConfigError(key, "Flower's run config carries only keys declared in pyproject.toml "
                                    "([tool.flwr.app.config]); fleet run supports it, fleet deploy cannot")
     return unflatten(flat)
+
+
+#: Scenario keys naming files or folders (relative to where ``fleet`` runs).
+PATH_KEYS = ("data.root", "model.checkpoint", "model.cache-dir", "strategy.path")
+
+
+def _option_text(key: str, v: Any) -> str:
+    """One strategy option as the ``k=v`` text ``strategy.options`` carries (a TOML scalar without commas)."""
+    text = tomli_w.dumps({"v": v}).split("=", 1)[1].strip() if not isinstance(v, (list, dict)) else ","
+    if "," in text or "\n" in text:
+        raise ConfigError(f"strategy.options.{key}", f"{v!r} cannot travel in flwr run's 'k=v,k=v' option string "
+                                                     "(no lists, tables or commas); fleet run supports it")
+    return text
 
 
 def _declared_keys(pyproject: Path) -> set[str]:
@@ -92,23 +110,19 @@ def _declared_keys(pyproject: Path) -> set[str]:
         raise ConfigError(str(pyproject), f"not the app's pyproject.toml with [tool.flwr.app.config] ({exc})") from None
 
 
-def _toml_value(v: Any) -> str:
-    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
-
-
-def deploy(cfg: ScenarioConfig, run_dir: Path, devices: int, secure: bool = True, quiet: bool = False) -> dict:
-    """Run ``cfg`` on a local federation of ``devices`` SuperNodes; results in ``run_dir``; returns the summary."""
+def deploy(cfg: ScenarioConfig, run_dir: Path, secure: bool = True, quiet: bool = False,
+           run_config: dict[str, Any] | None = None) -> dict:
+    """Run ``cfg`` on a local federation of ``federation.num-devices`` SuperNodes; results in ``run_dir`` (empty);
+    returns the summary. ``run_config``: :func:`run_config_for_flwr`'s output, if already made."""
     from simulations.deployment.federation import LocalFederation
     from simulations.server_app import APP_ROOT
 
-    pyproject = APP_ROOT / "pyproject.toml"
-    if not pyproject.is_file():
-        raise ConfigError(str(APP_ROOT), "fleet deploy needs the app's source folder (its pyproject.toml), which "
-                                         "flwr run builds into the app bundle; install from a clone")
+    devices = cfg.federation.num_devices
+    run_config = run_config or run_config_for_flwr(cfg, run_dir, app_pyproject())
     with tempfile.TemporaryDirectory(prefix="edgefleet-deploy-") as tmp:
         work = Path(tmp)
         rc_path = work / "run-config.toml"
-        rc_path.write_text(tomli_w.dumps(run_config_for_flwr(cfg, run_dir, pyproject)))
+        rc_path.write_text(tomli_w.dumps(run_config))
         fed = LocalFederation(work, devices, cwd=APP_ROOT, secure=secure)
         if not secure:
             print(INSECURE_WARNING.format(port=fed.port), file=sys.stderr)
@@ -122,6 +136,17 @@ def deploy(cfg: ScenarioConfig, run_dir: Path, devices: int, secure: bool = True
     return _summary(run_dir)
 
 
+def app_pyproject() -> Path:
+    """The app's ``pyproject.toml`` (``flwr run`` bundles the folder holding it)."""
+    from simulations.server_app import APP_ROOT
+
+    pyproject = APP_ROOT / "pyproject.toml"
+    if not pyproject.is_file():
+        raise ConfigError(str(APP_ROOT), "fleet deploy needs the app's source folder (its pyproject.toml), which "
+                                         "flwr run builds into the app bundle; install from a clone")
+    return pyproject
+
+
 def _collect_logs(fed: Any, run_dir: Path) -> None:
     """The processes' logs and exit codes into ``RUN_DIR/deployment/`` (keys and certificates stay behind)."""
     dest = run_dir / "deployment"
@@ -130,7 +155,8 @@ def _collect_logs(fed: Any, run_dir: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "processes.json").write_text(json.dumps({
         "superlink": f"127.0.0.1:{fed.port}", "secure": fed.secure, "devices": fed.devices,
-        "processes": [{"name": s.name, "pid": s.proc.pid, "returncode": s.proc.returncode} for s in fed.group.started],
+        "processes": [{"name": s.name, "pid": s.proc.pid, "returncode": fed.group.returncodes.get(s.name)}
+                      for s in fed.group.started],
     }, indent=2) + "\n")
 
 
@@ -147,6 +173,10 @@ def _summary(run_dir: Path) -> dict:
     return summary
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(args: argparse.Namespace) -> int:
     from simulations.cli import print_summary
     from simulations.deployment.federation import DeploymentError
@@ -154,16 +184,22 @@ def main(args: argparse.Namespace) -> int:
     from simulations.store.results import new_run_dir
 
     cfg = _config(args)
+    planned = Path(args.out or cfg.output.dir or "runs")
+    run_config = run_config_for_flwr(cfg, planned, app_pyproject())  # a key Flower refuses: before any folder
     run_dir = new_run_dir("runs", cfg.name, args.out or cfg.output.dir or None).resolve()
+    run_config["output"]["dir"] = str(run_dir)
     print(f"run directory: {run_dir}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, a closed terminal, a cancelled job: stop like Ctrl-C
+        signal.signal(sig, _interrupt)
     try:
-        summary = deploy(cfg, run_dir, args.devices, secure=not args.insecure, quiet=args.quiet)
+        summary = deploy(cfg, run_dir, secure=not args.insecure, quiet=args.quiet, run_config=run_config)
     except DeploymentError as exc:
+        mark_interrupted(run_dir, "failed", str(exc))
         raise RunFailed(str(exc)) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         mark_interrupted(run_dir)
-        print(f"interrupted: every process of the deployment is stopped; finished rounds are in {run_dir}",
-              file=sys.stderr)
+        print(f"interrupted ({str(exc) or 'SIGINT'}): every process of the deployment is stopped; finished rounds are "
+              f"in {run_dir}", file=sys.stderr)
         return 130
     print_summary(summary, log="deployment/flwr-run.log")
     print(f"report: {run_dir / 'report.md'}")

@@ -16,12 +16,14 @@ import json
 import os
 import shutil
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import tomli_w
 
 from simulations.deployment.credentials import Certificates, NodeKey, make_certificates, make_node_key
 from simulations.deployment.processes import ProcessGroup, Started, free_port, log_tail, wait_until
@@ -88,9 +90,9 @@ class LocalFederation:
         self._write_connection(home)
 
     def _write_connection(self, home: Path) -> None:
-        tls = f'root-certificates = "{self.certs.ca}"\n' if self.certs else "insecure = true\n"
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-                                          f'address = "127.0.0.1:{self.port}"\n{tls}')
+        conn: dict[str, object] = {"address": f"127.0.0.1:{self.port}"}
+        conn.update({"root-certificates": str(self.certs.ca)} if self.certs else {"insecure": True})
+        (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
 
     def _tls_args(self, server: bool) -> list[str]:
         if self.certs is None:
@@ -115,8 +117,8 @@ class LocalFederation:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.group.__exit__(*exc)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.group.__exit__(exc_type, *exc)
 
     def start_superlink(self) -> None:
         self.superlink = self.group.start("superlink", [
@@ -138,11 +140,16 @@ class LocalFederation:
 
     def register(self, key: NodeKey) -> None:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
-        res = self.group.run("register", [flower_command("flwr"), "supernode", "register", str(key.public),
-                                          CONNECTION, "--format", "json"])
+        cmd = [flower_command("flwr"), "supernode", "register", str(key.public), CONNECTION, "--format", "json"]
+        try:
+            res = self.group.run("register", cmd)
+        except subprocess.TimeoutExpired:
+            raise DeploymentError(f"flwr supernode register {key.public.name}: no answer within 120 s; "
+                                  f"{self._where(self.superlink)}") from None
         if res.returncode != 0:
+            last = (res.stdout + res.stderr).strip().splitlines()
             raise DeploymentError(f"flwr supernode register {key.public.name} failed: "
-                                  f"{(res.stdout + res.stderr).strip().splitlines()[-1:]}")
+                                  f"{last[-1] if last else f'exit code {res.returncode}'}")
 
     def add_node(self, name: str, key: NodeKey | None, partition: int, max_retries: int = 10) -> Started:
         """Start one SuperNode (its own runtime port) for device ``partition``; it gives up connecting after
@@ -178,8 +185,8 @@ class LocalFederation:
     def run(self, app: Path, run_config: Path, echo: Callable[[str], None] | None = None) -> Started:
         """``flwr run APP --run-config FILE --stream`` against this federation, to its end; returns the process.
 
-        While it runs, the SuperLink must stay up (else :class:`DeploymentError`); new lines of the stream go to
-        ``echo``.
+        While it runs, the SuperLink and every SuperNode must stay up (else :class:`DeploymentError`); new lines of
+        the stream go to ``echo``.
         """
         run = self.group.start("flwr-run", [flower_command("flwr"), "run", str(app), CONNECTION,
                                             "--run-config", str(run_config), "--stream"])
@@ -188,7 +195,8 @@ class LocalFederation:
         def finished() -> bool:
             nonlocal seen
             seen = _echo_new(run.log, seen, echo)
-            self._check_alive(self.superlink)
+            for s in (self.superlink, *self.nodes):  # on one machine a process that dies is a failure
+                self._check_alive(s)
             return not run.alive()
 
         wait_until(finished, float("inf"), interval=0.5)

@@ -1,17 +1,19 @@
 """The processes of a local deployment: started in their own sessions, logged to files, all stopped at the end.
 
-Each process (SuperLink, SuperNode, the ``flwr`` CLI) leads its own process group, so stopping it also stops
-what it spawned (SuperExec, ``flwr-serverapp``, ``flwr-clientapp``). :meth:`ProcessGroup.stop` records every
-descendant before signalling, sends SIGTERM, waits, then SIGKILLs whatever is left, and finally checks that
-nothing it started is still alive.
+Each process (SuperLink, SuperNode, the ``flwr`` CLI) leads its own process group. What they spawn (SuperExec,
+``flwr-serverapp``, ``flwr-clientapp``) may start sessions of its own, so :meth:`ProcessGroup.stop` records every
+descendant first, sends SIGTERM to each group and to each descendant, waits, SIGKILLs whatever is left, and
+finally checks that nothing it started is still alive. Ctrl-C is ignored while it stops them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ class ProcessGroup:
     env: Mapping[str, str]
     cwd: Path
     started: list[Started] = field(default_factory=list)
+    returncodes: dict[str, int | None] = field(default_factory=dict)
 
     def start(self, name: str, cmd: Sequence[str]) -> Started:
         """Start ``cmd`` in its own session, stdout and stderr to ``logs/<name>.log``."""
@@ -93,35 +96,40 @@ class ProcessGroup:
         return found
 
     def stop(self) -> list[str]:
-        """Stop everything (SuperNodes before the SuperLink); returns what is still alive afterwards (empty)."""
-        procs = self.descendants()
-        for s in reversed(self.started):
-            if s.alive():
-                try:
-                    os.killpg(s.proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    s.proc.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=GRACE_S)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                continue
-        psutil.wait_procs(alive, timeout=GRACE_S)
-        for s in self.started:
-            try:
-                s.proc.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                continue
-        return [f"{p.pid} {_cmd(p)}" for p in procs if _running(p)]
+        """Stop everything (SuperNodes before the SuperLink); returns what is still alive afterwards (empty).
+
+        Each started process's exit code is kept in :attr:`returncodes` (negative: the signal that ended it).
+        """
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        try:
+            procs = self.descendants()
+            for s in reversed(self.started):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(s.proc.pid, signal.SIGTERM)  # the leader may be gone while its group lives on
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    p.terminate()
+            gone, alive = psutil.wait_procs(procs, timeout=GRACE_S)
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            gone += psutil.wait_procs(alive, timeout=GRACE_S)[0]
+            codes = {p.pid: p.returncode for p in gone}  # psutil reaped them: Popen would read 0
+            for s in self.started:
+                self.returncodes[s.name] = codes.get(s.proc.pid, s.proc.poll())
+            return [f"{p.pid} {_cmd(p)}" for p in procs if _running(p)]
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def __enter__(self) -> ProcessGroup:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         left = self.stop()
-        if left:
+        if left and exc_type is None:
             raise RuntimeError(f"could not stop {len(left)} deployment processes: {', '.join(left)}")
+        if left:  # do not hide the error (or the Ctrl-C) that ended the deployment
+            print(f"warning: could not stop {len(left)} deployment processes: {', '.join(left)}", file=sys.stderr)
 
 
 def _running(p: psutil.Process) -> bool:

@@ -131,6 +131,7 @@ def copied_logs(run_dir: Path) -> Iterator[None]:
     flwr_logger = logging.getLogger("flwr")
     handler = logging.FileHandler(run_dir / RUN_LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setLevel(logging.INFO)
     handler.addFilter(noise)
     root = logging.getLogger()
     targets = [root] if flwr_logger.propagate else [root, flwr_logger]  # one line per record either way

@@ -22,11 +22,15 @@ def check_resumable(run_dir: Path):  # noqa: ANN201 - (ScenarioConfig, Checkpoin
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise ConfigError(str(run_dir), "not a run directory (no config.toml)")
-    name = "scenario"
+    summary: dict = {}
     try:
-        name = json.loads((run_dir / "summary.json").read_text()).get("scenario", name)
+        summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         pass
+    name = summary.get("scenario", "scenario")
+    if summary.get("hosted"):
+        raise ConfigError(str(run_dir), "ran under Flower's runtime (flwr run / fleet deploy), where devices keep "
+                                        "their state on the SuperNodes; it cannot be resumed here")
     try:
         flat = flatten(tomllib.loads(cfg_path.read_text()))
     except tomllib.TOMLDecodeError as exc:

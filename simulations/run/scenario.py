@@ -46,6 +46,8 @@ def load_config(scenario: str, overrides: Mapping[str, Any] | Sequence[str] = ()
         # A mix given on the command line replaces the scenario's mix (weights must sum to one).
         flat = {k: v for k, v in flat.items() if not k.startswith("devices.profiles.")}
     flat.update(items)
+    if not any(k == "output.name" for k, _ in items):  # a copied scenario file is named by its own file name;
+        flat["output.name"] = path.stem                # output.name in the file names it under flwr run
     return parse_config(flat, name=path.stem), flat
 
 
@@ -140,7 +142,8 @@ def run_config(cfg: ScenarioConfig, run_dir: Path, progress: Callable[[dict], No
 
 
 
-def mark_interrupted(run_dir: Path) -> None:
+def mark_interrupted(run_dir: Path, status: str = "interrupted", error: str | None = None) -> None:
+    """An unfinished run's ``summary.json`` says how it ended (``interrupted``, or ``failed`` with ``error``)."""
     import json
 
     from simulations.store.results import write_json_atomic
@@ -151,7 +154,9 @@ def mark_interrupted(run_dir: Path) -> None:
     except (OSError, ValueError):
         return
     if summary.get("status") != "complete":
-        summary["status"] = "interrupted"
+        summary["status"] = status
+        if error is not None:
+            summary["error"] = error
         write_json_atomic(path, summary)
 
 
