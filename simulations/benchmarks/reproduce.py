@@ -16,6 +16,7 @@ machine; a second invocation skips what is there. ``docs/reproduction.md`` is wr
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import shutil
 import sys
 import tempfile
@@ -108,7 +109,9 @@ def _cells(args: argparse.Namespace) -> list[str]:
     unknown = [t for t in wanted if t not in known]
     if unknown:
         raise SystemExit(f"--tables: unknown table {unknown[0]!r}; tables: {', '.join(known)}")
-    return list(dict.fromkeys(c for t in wanted for c in known[t].cells))
+    cells = list(dict.fromkeys(c for t in wanted for c in known[t].cells))
+    patterns = [p for p in args.cells.split(",") if p]
+    return [c for c in cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)] if patterns else cells
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,11 +155,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n")[0])
     ap.add_argument("--tables", default="", help="comma-separated tables to run (default: all, in order): "
                     + ", ".join(t.key for t in TABLES))
+    ap.add_argument("--cells", default="", help="only the tables' cells matching these comma-separated patterns, "
+                                                "e.g. 'mnist/w4a4/*'")
     ap.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 5; --quick {QUICK_SEEDS})")
     ap.add_argument("--dataset", default="", help="data.dataset of the main (MNIST) cells, for your own data")
     ap.add_argument("--root", default="", help="data.root of the main cells (default: ../shared/data/mnist)")
     ap.add_argument("--budget-min", type=float, default=0.0, help="start no new run after this many minutes")
     ap.add_argument("--report-only", action="store_true", help="only write the doc from the JSON")
+    ap.add_argument("--note", default=None, help="a sentence about the budget and the machine's load, kept in the "
+                                                 "JSON and printed with the budget")
     ap.add_argument("--quick", action="store_true", help="a smoke run on digits with tiny budgets")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default: results/reproduce.json)")
     ap.add_argument("--doc", type=Path, default=None, help="the report (default: docs/reproduction.md; "
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = read_json(out) or {"benchmark": "reproduce", "runs": {}}
     if not args.report_only or "budget" not in results:
         results["budget"] = _budget(args)
+    if args.note is not None:
+        results["budget"]["note"] = args.note
     if not args.report_only:
         _run_all(args, results, out)
     results["path"] = str(out.relative_to(DOC.parents[1])) if out.is_relative_to(DOC.parents[1]) else str(out)

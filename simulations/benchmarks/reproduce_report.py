@@ -77,7 +77,7 @@ def _pct(mean: float, half: float) -> str:
 
 def _acc_text(values: list[float]) -> str:
     if not values:
-        return "not run"
+        return "not run at this budget"
     mean, half = mean_ci95(values)
     return f"{100 * mean:.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
 
@@ -128,10 +128,11 @@ def render(results: Mapping[str, Any], command: str) -> str:
              f"fewer than {MIN_SEEDS} paired seeds).", "", "## Tables", ""]
     for t in TABLES:
         lines += _table(results, t.title, t.source, t.cells)
-    lines += ["## Verdicts", "", "| claim | source | paper | verdict | deciding comparison (points) |",
-              "|---|---|---|---|---|"]
-    for claim in CLAIMS:
-        j = judge(results, claim)
+    judged = [(claim, judge(results, claim)) for claim in CLAIMS]
+    counts = {v: sum(j["verdict"] == v for _, j in judged) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
+    lines += ["## Verdicts", "", f"{len(judged)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
+              "", "| claim | source | paper | verdict | deciding comparison (points) |", "|---|---|---|---|---|"]
+    for claim, j in judged:
         worst = min(j["comparisons"], key=lambda c: (c["mean"] if not math.isnan(c["mean"]) else -1e9))
         decide = f"vs {parse_cell(worst['against'])[3]}: {_pct(worst['mean'], worst['half'])} ({worst['seeds']} seeds)"
         lines.append(f"| {claim.text} | {claim.source} | {claim.paper} | **{j['verdict']}** | {decide} |")
