@@ -104,3 +104,14 @@ def test_profile_assignment_is_deterministic_and_exact() -> None:
     assert first == second
     assert Counter(first) == {"mcu": 10, "rpi4": 30, "phone-low": 25, "phone-mid": 25, "jetson-orin-nano": 10}
     assert Counter(other_seed) == Counter(first) and other_seed != first
+
+
+def test_a_width_no_profile_has_is_warned_before_the_run() -> None:
+    # Prepare: quickstart's rpi4 fleet has 2/4/8-bit kernels, not 3; a lab profile with 3-bit kernels.
+    w3 = ["quant.weight-bits=3", "quant.act-bits=3"]
+    lab = ["devices.custom.lab.base=rpi4", "devices.custom.lab.bits=[2, 3, 4, 8, 32]", "devices.profiles.lab=1.0"]
+    # Execute + Assert: warned on rpi4 alone, not with the lab profile, nor at a width rpi4 has.
+    assert any(w.startswith("quant.weight-bits: no device profile in the mix has 3-bit kernels (they train at 4 "
+                            "bits)") for w in preflight(load_config("quickstart", w3)[0]))
+    assert not any("kernels" in w for w in preflight(load_config("quickstart", [*w3, *lab])[0]))
+    assert not any("kernels" in w for w in preflight(load_config("quickstart")[0]))

@@ -95,6 +95,7 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
                 ccfg.check_local_data(len(rows))
         except ValueError as exc:
             raise ConfigError(*_split(str(exc), "stream")) from None
+    warnings += _width_warnings(cfg, names)
     if cfg.devices.deadline_s > 0:
         flops = model_flops(model, ds.in_shape)
         cat = catalogue(cfg)
@@ -106,6 +107,23 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
                             f"device's compute for the smallest local dataset ({need:.3g} s): every device "
                             "will be a straggler")
     return warnings
+
+
+def _width_warnings(cfg: ScenarioConfig, names: list[str]) -> list[str]:
+    """A quantized global model no device can train at its own width: its step sizes are only the server's
+    initial ones (other widths' steps are not comparable and are not averaged in: strategies/wrapper.py)."""
+    from fleet.hardware.profiles import nearest_bits
+
+    wb = cfg.quant.weight_bits
+    if wb >= 32:
+        return []
+    cat = catalogue(cfg)
+    if any(nearest_bits(wb, cat[n].bits) == wb for n in set(names)):
+        return []
+    widths = sorted({nearest_bits(wb, cat[n].bits) for n in set(names)})
+    return [f"quant.weight-bits: no device profile in the mix has {wb}-bit kernels (they train at "
+            f"{', '.join(map(str, widths))} bits), so the global model's step sizes never adapt to its weights and "
+            "its accuracy can collapse; add a profile with these bits (devices.custom) or change the width"]
 
 
 def _split(text: str, default_key: str) -> tuple[str, str]:
