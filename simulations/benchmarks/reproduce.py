@@ -51,15 +51,15 @@ QUICK_CELLS = ("mnist/w2a2/1%/acs", "mnist/w2a2/1%/quarc")
 QUICK_SEEDS = 3
 
 
-def _flops(devices: list[dict[str, Any]]) -> float:
-    """Compute the virtual clock charged: its seconds times the profile's effective GFLOP/s."""
-    from fleet.hardware.profiles import build_profile
+def _flops(cfg: Any, devices: list[dict[str, Any]]) -> float:
+    """Compute the virtual clock charged: its seconds times the profile's effective GFLOP/s (custom profiles too)."""
+    from fleet.hardware.catalogue import resolve_profile
 
-    return sum(r.get("compute_s", 0.0) * build_profile(r["profile"]).gflops * 1e9 for r in devices
+    return sum(r.get("compute_s", 0.0) * resolve_profile(cfg, r["profile"]).gflops * 1e9 for r in devices
                if r.get("profile"))
 
 
-def _record(summary: dict[str, Any], run_dir: Path, wall: float, batch_size: int) -> dict[str, Any]:
+def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> dict[str, Any]:
     from simulations.store.rundir import read_jsonl
 
     rounds = read_jsonl(run_dir / "rounds.jsonl", [])
@@ -71,9 +71,9 @@ def _record(summary: dict[str, Any], run_dir: Path, wall: float, batch_size: int
             "float_accuracy": summary.get("fp_reference_accuracy"),
             "curve": [[r["round"], r["accuracy"], r.get("wall_s")] for r in rounds if r.get("accuracy") is not None],
             "wall_s": wall - reference_s, "reference_s": reference_s, "commit": git_commit(),
-            "flops": _flops(devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
+            "flops": _flops(cfg, devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
             "clc_beta": first.get("clc-beta"), "coreset_size": first.get("coreset_size"), "train_samples": samples,
-            "steps": sum(-(-d.get("train_samples", 0) // batch_size) for d in devices)}
+            "steps": sum(-(-d.get("train_samples", 0) // cfg.train.batch_size) for d in devices)}
 
 
 def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool = False) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool
     cfg = parse_config(flat, name="reproduce")
     run_dir = work / f"{cell.replace('/', '_').replace('%', 'pct')}-{seed}"
     summary, wall = run_scenario(cfg, run_dir)
-    return {**_record(summary, run_dir, wall, cfg.train.batch_size), "config": flat}
+    return {**_record(cfg, summary, run_dir, wall), "config": flat}
 
 
 def _data_keys(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
