@@ -109,7 +109,7 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     return warnings
 
 
-def _width_warnings(cfg: ScenarioConfig, names: list[str]) -> list[str]:
+def _width_warnings(cfg: ScenarioConfig, names: Sequence[str]) -> list[str]:
     """A quantized global model no device can train at its own width: its step sizes are only the server's
     initial ones (other widths' steps are not comparable and are not averaged in: strategies/wrapper.py)."""
     from fleet.hardware.profiles import nearest_bits
