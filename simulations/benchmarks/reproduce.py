@@ -76,14 +76,33 @@ def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> di
             "steps": sum(-(-d.get("train_samples", 0) // cfg.train.batch_size) for d in devices)}
 
 
+def cell_flat(cell: str, seed: int, data: dict[str, Any], quick: bool = False) -> dict[str, Any]:
+    """The flat scenario of one (cell, seed)."""
+    flat = {**cell_overrides(cell), **data, "federation.seed": seed, **(QUICK if quick else {})}
+    if quick and parse_cell(cell)[3] == "full":
+        flat["coreset.fraction"] = 1.0
+    return flat
+
+
+def _same(stored: dict[str, Any] | None, flat: dict[str, Any]) -> bool:
+    """Whether a stored run's config is this cell's (data.root compared as the folder it names)."""
+    def norm(d: dict[str, Any]) -> dict[str, Any]:
+        root = d.get("data.root")
+        return {**d, "data.root": str(Path(root).resolve())} if root else d
+
+    return stored is not None and norm(stored) == norm(flat)
+
+
+def _flat(cell: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    return cell_flat(cell, seed, _data_keys(parse_cell(cell)[0], args), args.quick)
+
+
 def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool = False) -> dict[str, Any]:
     """One (cell, seed) through the real path; its record (:data:`SCHEMA`)."""
     from fleet.config.scenario import parse_config
     from simulations.benchmarks.common import run_scenario
 
-    flat = {**cell_overrides(cell), **data, "federation.seed": seed, **(QUICK if quick else {})}
-    if quick and parse_cell(cell)[3] == "full":
-        flat["coreset.fraction"] = 1.0
+    flat = cell_flat(cell, seed, data, quick)
     cfg = parse_config(flat, name="reproduce")
     run_dir = work / f"{cell.replace('/', '_').replace('%', 'pct')}-{seed}"
     summary, wall = run_scenario(cfg, run_dir)
@@ -135,8 +154,9 @@ def _run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> No
         for seed in range(args.seeds):
             for cell in cells:
                 runs = results["runs"].setdefault(cell, {})
-                if str(seed) in runs:
-                    continue
+                done = runs.get(str(seed), {})
+                if done.get("accuracy") is not None and _same(done.get("config"), _flat(cell, seed, args)):
+                    continue  # a record of another grid (a changed cell) or a run without an accuracy runs again
                 if args.budget_min and over_budget(t0, 60 * args.budget_min, done_now):
                     print(f"budget of {args.budget_min:g} min spent; run again to continue", flush=True)
                     return
