@@ -33,12 +33,17 @@ __all__ = ["app", "make_client_app", "config_from_run_config"]
 
 @functools.lru_cache(maxsize=4)
 def _parse(items: tuple[tuple[str, Any], ...]) -> ScenarioConfig:
-    return parse_config(dict(items))
+    return parse_config({k: list(v) if isinstance(v, tuple) else v for k, v in items})
+
+
+def _hashable(v: Any) -> Any:
+    """A run-config value as a cache key: lists (a custom profile's ``bits``) as tuples."""
+    return tuple(v) if isinstance(v, list) else v
 
 
 def config_from_run_config(run_config: Mapping[str, Any]) -> ScenarioConfig:
     """Parse (once per process) the scenario carried by a run config."""
-    return _parse(tuple(sorted(run_config.items(), key=lambda kv: kv[0])))
+    return _parse(tuple(sorted(((k, _hashable(v)) for k, v in run_config.items()), key=lambda kv: kv[0])))
 
 
 def _load_state(context: Context, ins: P.DeviceInstruction) -> dict[str, np.ndarray]:

@@ -133,6 +133,7 @@ class FleetStrategy(Strategy):
         docs/scaling.md)."""
         node_ids = sorted(grid.get_node_ids())
         deadline = time.monotonic() + timeout
+        errors: list[str] = []
         for start in range(0, len(node_ids), ROSTER_BATCH):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -141,12 +142,15 @@ class FleetStrategy(Strategy):
                             message_type=MessageType.QUERY) for n in node_ids[start:start + ROSTER_BATCH]]
             for reply in grid.send_and_receive(msgs, timeout=left):
                 if reply.has_error():
+                    errors.append(str(reply.error.reason).strip().splitlines()[-1:][0] if reply.error.reason else "")
                     continue
                 dev = int(P.scalar(P.record(reply.content, P.REPORT, ConfigRecord)[P.DEVICE]))
                 self.roster[reply.metadata.src_node_id] = dev
                 self.nodes[dev] = reply.metadata.src_node_id
         if not self.nodes:
-            raise RuntimeError(f"no device answered the roster query within {timeout:g} s; nothing can be sampled")
+            why = f"; the ClientApp failed: {errors[0]}" if errors and errors[0] else ""
+            raise RuntimeError(f"no device answered the roster query within {timeout:g} s; nothing can be "
+                               f"sampled{why}")
         missing = self.cfg.federation.num_devices - len(self.nodes)
         if missing:
             log(WARNING, "roster: %d devices did not answer and will never be sampled", missing)

@@ -115,3 +115,14 @@ def test_a_width_no_profile_has_is_warned_before_the_run() -> None:
                             "bits)") for w in preflight(load_config("quickstart", w3)[0]))
     assert not any("kernels" in w for w in preflight(load_config("quickstart", [*w3, *lab])[0]))
     assert not any("kernels" in w for w in preflight(load_config("quickstart")[0]))
+
+
+def test_a_custom_profile_with_a_bits_list_reaches_the_devices() -> None:
+    # A run config carries a custom profile's `bits` as a list; the ClientApp caches parsed configs by value.
+    from fleet.client_app import config_from_run_config
+
+    flat = {"devices.custom.lab.base": "rpi4", "devices.custom.lab.bits": [2, 3, 4, 8, 32], "devices.profiles.lab": 1.0,
+            "quant.weight-bits": 3, "quant.act-bits": 3}
+    cfg = config_from_run_config(flat)
+    assert cfg.devices.custom["lab"]["bits"] == [2, 3, 4, 8, 32]
+    assert config_from_run_config(dict(flat)) is cfg  # parsed once per process
