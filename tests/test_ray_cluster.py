@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 from whole_run import run_flat
+
+from simulations.deployment.processes import free_port
 
 
 def _ray_executable() -> str | None:
@@ -39,12 +40,6 @@ pytestmark = [
     pytest.mark.skipif(RAY is None, reason=f"no 'ray' executable beside {sys.executable} or on PATH "
                                            "(install flwr[simulation] into this environment)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _head_processes(temp_dir: str) -> list[psutil.Process]:
@@ -80,7 +75,7 @@ def ray_head() -> Iterator[tuple[str, Path]]:
     """A 2-CPU Ray head on 127.0.0.1; yields (address, temp dir) and stops exactly its processes afterwards."""
     # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="efray", dir="/tmp")
-    port = _free_port()
+    port = free_port()
     assert RAY is not None  # the module is skipped otherwise
     cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
            "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"]

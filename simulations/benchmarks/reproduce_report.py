@@ -95,17 +95,19 @@ def _acc_text(values: list[float]) -> str:
     return f"{100 * mean:.2f}" + ("" if math.isnan(half) else f" ± {100 * half:.2f}")
 
 
+def _mean_of(runs: Any, key: str, fmt: str, scale: float) -> str:
+    """The mean of a field over the runs that have it, formatted (or a dash)."""
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return format(scale * sum(vals) / len(vals), fmt) if vals else "–"
+
+
 def _cell_row(results: Mapping[str, Any], cell: str, baselines: dict[str, str]) -> str:
-    runs = results.get("runs", {}).get(cell, {})
+    runs = results.get("runs", {}).get(cell, {}).values()
     accs = list(accuracies(results, cell).values())
-    walls = [r["wall_s"] for r in runs.values() if r.get("wall_s") is not None]
-    flops = [r["flops"] for r in runs.values() if r.get("flops") is not None]
-    ratio = [r["kd_clc_ratio"] for r in runs.values() if r.get("kd_clc_ratio") is not None]
     vs = [_pct(*paired(results, cell, b)[:2]) if b != cell else "" for b in baselines.values()]
-    dataset, bits, frac, row = parse_cell(cell)
-    wall = f"{sum(walls) / len(walls):.0f}" if walls else "–"
-    gflop = f"{sum(flops) / len(flops) / 1e9:.0f}" if flops else "–"
-    kd = f"{sum(ratio) / len(ratio):.3g}" if ratio else "–"
+    _, bits, frac, row = parse_cell(cell)
+    wall, gflop, kd = (_mean_of(runs, key, fmt, scale) for key, fmt, scale in
+                       (("wall_s", ".0f", 1.0), ("flops", ".0f", 1e-9), ("kd_clc_ratio", ".3g", 1.0)))
     return f"| {bits} | {frac} | {row} | {_acc_text(accs)} | {len(accs)} | {' | '.join(vs)} | {wall} | {gflop} | {kd} |"
 
 
