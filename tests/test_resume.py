@@ -139,7 +139,9 @@ def test_ctrl_c_on_the_local_engine_stops_its_workers_and_leaves_a_resumable_run
 
     # Execute: Ctrl-C (the whole process group, as a terminal sends it) once a round is on disk
     try:
-        while not ((run / "rounds.jsonl").is_file() and len((run / "rounds.jsonl").read_text().splitlines()) >= 2):
+        # a round's line reaches rounds.jsonl just before its checkpoint is renamed into place: wait for both
+        while not ((run / "rounds.jsonl").is_file() and len((run / "rounds.jsonl").read_text().splitlines()) >= 2
+                   and any((run / "checkpoints").glob("round-*"))):
             assert proc.poll() is None, f"run ended early with code {proc.returncode}"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
