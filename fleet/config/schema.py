@@ -295,6 +295,11 @@ class StreamConfig:
                                   ge=0)
     record_epochs: int = opt(10, "epochs of float training on the public split that record quantization misses",
                              ge=1)
+    code_lr: float = opt(0.01, "back-propagation Adam learning rate of the integer codes, in quantization steps",
+                         gt=0)
+    calibration_batch: int = opt(128, "back-propagation batch size on the core", ge=1)
+    codes_only: bool = opt(False, "back-propagation trains the codes alone (biases and norms stay as deployed), "
+                                  "so every gain is one a BFN could make")
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,19 @@ __all__ = [
     "backprop_calibrate",
     "record_flip_pairs",
     "CALIBRATIONS",
+    "CODE_OPTIMIZERS",
     "CORE_POLICY",
     "build_calibration",
+    "code_snapshot",
+    "codes_changed",
 ]
+
+
+#: Optimisers of the latent codes (``stream.code-optimizer``), by name: ``(params, lr) -> optimizer``.
+CODE_OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], float], torch.optim.Optimizer]] = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,13 @@ class CalibrationContext:
         the code has no such parameter because its weights never move).
     batch_size : int
         BP batch size (default: 128; a 20-sample core is one full batch).
+    code_optimizer : str
+        ``"adam"`` (default; the code's optimiser) or ``"sgd"`` (momentum 0.9) for the latent codes. Adam's
+        first steps move every code by about ``code_lr`` whatever its gradient, so once ``code_lr * steps``
+        nears half a step, almost every code rounds over at once; SGD moves a code in proportion to its gradient.
+    codes_only : bool
+        Train the latent codes alone, leaving biases and norm parameters as deployed (default: False). Then
+        every gain BP makes is a code change, the only thing a BFN can make.
     bfns : BFNSet or None
         Trained BFNs, needed by ``bfn`` (default: None).
     """
@@ -64,7 +81,13 @@ class CalibrationContext:
     lr: float = 0.01
     code_lr: float = 0.01
     batch_size: int = 128
+    codes_only: bool = False
     bfns: BFNSet | None = None
+    code_optimizer: str = "adam"
+
+    def __post_init__(self) -> None:
+        if self.code_optimizer not in CODE_OPTIMIZERS:
+            raise ValueError(f"code optimizer {self.code_optimizer!r} not in {list(CODE_OPTIMIZERS)}")
 
 
 def backprop_calibrate(
@@ -84,25 +107,40 @@ def backprop_calibrate(
         layer.start_latent()
     model.eval()  # frozen BN statistics and activation ranges
     latents = [layer.latent for layer in layers.values()]
-    others = [p for n, p in model.named_parameters()
-              if p.requires_grad and not n.endswith("latent")]
-    opt = torch.optim.Adam([{"params": latents, "lr": ctx.code_lr},
-                            {"params": others, "lr": ctx.lr}])
+    others = [] if ctx.codes_only else [p for n, p in model.named_parameters()
+                                        if p.requires_grad and not n.endswith("latent")]
+    opts = [CODE_OPTIMIZERS[ctx.code_optimizer](latents, ctx.code_lr)]
+    if others:
+        opts.append(torch.optim.Adam(others, lr=ctx.lr))
     step = 0
     for _ in range(ctx.epochs):
         for i in range(0, len(y), ctx.batch_size):
-            opt.zero_grad()
+            for opt in opts:
+                opt.zero_grad()
             if on_step is None:
                 logits = model(x[i : i + ctx.batch_size])
             else:
                 inputs, logits = capture_inputs(model, x[i : i + ctx.batch_size])
                 on_step(step, inputs)
             F.cross_entropy(logits, y[i : i + ctx.batch_size]).backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
             step += 1
     for layer in layers.values():
         layer.commit_latent()
     return 3 * ctx.forward_flops * ctx.epochs * len(y)
+
+
+def code_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every quantized layer's integer codes, copied."""
+    return {n: layer.codes.clone() for n, layer in qcore_layers(model).items()}
+
+
+def codes_changed(model: nn.Module, before: dict[str, torch.Tensor]) -> float:
+    """Fraction of the model's integer codes that differ from ``before`` (a :func:`code_snapshot`)."""
+    layers = qcore_layers(model)
+    moved = sum(int((layers[n].codes != c).sum()) for n, c in before.items())
+    return moved / max(1, sum(c.numel() for c in before.values()))
 
 
 def record_flip_pairs(

@@ -32,6 +32,8 @@ from fleet.qcore.calibrate import (
     CalibrationContext,
     backprop_calibrate,
     build_calibration,
+    code_snapshot,
+    codes_changed,
     record_flip_pairs,
 )
 from fleet.qcore.misses import update_core
@@ -71,6 +73,10 @@ class ContinualConfig:
         BP Adam learning rate of biases/norm parameters (default: 0.01).
     code_lr : float
         BP Adam learning rate of the latent codes, in steps (default: 0.01).
+    batch_size : int
+        BP batch size on the core (default: 128, the code's; a 20-sample core is one batch).
+    codes_only : bool
+        BP trains the codes alone, not biases and norm parameters (default: False).
     recordings : int
         Recorded forward passes per core update (default: 10; the code: 50 passes / 5).
     count_batch_size : int
@@ -89,6 +95,8 @@ class ContinualConfig:
     epochs: int = 10
     lr: float = 0.01
     code_lr: float = 0.01
+    batch_size: int = 128
+    codes_only: bool = False
     recordings: int = 10
     count_batch_size: int = 32
     holdout: float = 0.25
@@ -103,8 +111,8 @@ class ContinualConfig:
                 f"stream.calibration: '{self.calibration}' not in {list(CALIBRATIONS)}")
         if self.drift not in DRIFTS:
             raise ValueError(f"stream.drift: '{self.drift}' not in {list(DRIFTS)}")
-        if self.tasks < 1 or self.core_size < 1 or self.epochs < 0 or self.recordings < 1:
-            raise ValueError("stream.tasks, core-size, recordings must be >= 1, epochs >= 0")
+        if self.tasks < 1 or self.core_size < 1 or self.epochs < 0 or self.recordings < 1 or self.batch_size < 1:
+            raise ValueError("stream.tasks, core-size, recordings, calibration-batch must be >= 1, epochs >= 0")
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"stream.holdout: {self.holdout} must be in (0, 1)")
 
@@ -125,7 +133,8 @@ class TaskMetrics:
     All accuracies are measured *after* that task's core update and calibration:
     ``accuracy_task`` on the held-out part of the task's batch, ``accuracy_original``
     on the original test data (forgetting), ``accuracy_core`` on the current core.
-    ``flops = flops_core + flops_calibration``; ``wall_s`` covers both (not evaluation).
+    ``flops = flops_core + flops_calibration``; ``wall_s`` covers both (not evaluation). ``codes_changed`` is the
+    fraction of the model's integer codes this task's calibration moved.
     """
 
     task: int
@@ -136,6 +145,7 @@ class TaskMetrics:
     flops_core: int
     flops_calibration: int
     wall_s: float
+    codes_changed: float = 0.0
 
 
 @dataclass
@@ -198,13 +208,13 @@ def deploy(
     """
     model = copy.deepcopy(qmodel)
     ff = model_flops(model, tuple(core[0].shape[1:]), matmul_only=True)
-    backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr, init_code_lr))
+    backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr, init_code_lr, cfg.batch_size))
     if not with_bfns:
         return Deployment(model, core, None)
     bfns = BFNSet(model)
     bfns.set_reference(model, core[0])
     pairs: dict[str, list[FlipPair]] = {n: [] for n in bfns.names}
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only)
     for ex, ey in [core, *episodes]:
         for n, p in record_flip_pairs(copy.deepcopy(model), ex, ey, ctx, bfns).items():
             pairs[n].extend(p)
@@ -257,7 +267,7 @@ def run_device_stream(
         raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy(with_bfns=True))")
     model = copy.deepcopy(model)
     ff = model_flops(model, tuple(x_train.shape[1:]), matmul_only=True)
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, bfns=bfns)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only, bfns)
     policy = CORE_POLICY[cfg.calibration]
     out = []
     for t, (xt, yt) in enumerate(make_stream(x_train, y_train, cfg.tasks, cfg.drift, rng,
@@ -274,6 +284,7 @@ def run_device_stream(
             pool_x, pool_y = torch.cat([core[0], new[0]]), torch.cat([core[1], new[1]])
             idx = torch.from_numpy(rng.choice(len(pool_y), cfg.core_size, replace=False))
             core = (pool_x[idx], pool_y[idx])
+        before = code_snapshot(model)
         flops_cal = calibrate(model, core[0], core[1], ctx)
         wall = time.perf_counter() - start
         out.append(TaskMetrics(
@@ -285,5 +296,6 @@ def run_device_stream(
             flops_core=flops_core,
             flops_calibration=flops_cal,
             wall_s=wall,
+            codes_changed=codes_changed(model, before),
         ))
     return out

@@ -30,7 +30,8 @@ def continual_config(cfg: ScenarioConfig) -> ContinualConfig:
     """The ``[stream]`` keys as QCore's config."""
     s = cfg.stream
     return ContinualConfig(tasks=s.tasks, drift=s.drift, core_size=s.core_size, bits=s.bits,
-                           calibration=s.calibration, epochs=s.calibration_epochs)
+                           calibration=s.calibration, epochs=s.calibration_epochs, code_lr=s.code_lr,
+                           batch_size=s.calibration_batch, codes_only=s.codes_only)
 
 
 def rebuild_deployment(cfg: ScenarioConfig, model_state: dict[str, torch.Tensor],

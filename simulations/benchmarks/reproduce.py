@@ -94,7 +94,20 @@ def _same(stored: dict[str, Any] | None, flat: dict[str, Any]) -> bool:
 
 
 def _flat(cell: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    if parse_cell(cell)[0] == "qcore":
+        from simulations.benchmarks.reproduce_qcore import qcore_flat
+
+        return qcore_flat(cell, seed, args.quick)
     return cell_flat(cell, seed, _data_keys(parse_cell(cell)[0], args), args.quick)
+
+
+def _run(cell: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One (cell, seed): a QCore cell through the continual-calibration library, any other through run_config."""
+    if parse_cell(cell)[0] == "qcore":
+        from simulations.benchmarks.reproduce_qcore import run_qcore_cell
+
+        return run_qcore_cell(cell, seed, args.quick)
+    return run_cell(cell, seed, _data_keys(parse_cell(cell)[0], args), work, args.quick)
 
 
 def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool = False) -> dict[str, Any]:
@@ -160,13 +173,15 @@ def _run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> No
                 if args.budget_min and over_budget(t0, 60 * args.budget_min, done_now):
                     print(f"budget of {args.budget_min:g} min spent; run again to continue", flush=True)
                     return
-                runs[str(seed)] = run_cell(cell, seed, _data_keys(parse_cell(cell)[0], args), work, args.quick)
+                runs[str(seed)] = _run(cell, seed, args, work)
                 done_now += 1
                 results["machine"] = machine()
                 write_json(out, results, indent=1, default=str)
                 r = runs[str(seed)]
-                print(f"{cell} seed {seed}: {100 * (r['accuracy'] or 0):.2f}% ({r['wall_s']:.0f} s, "
-                      f"{r['steps']} steps on {r['coreset_size']} samples)", flush=True)
+                what = (f"{r['steps']} steps on {r['coreset_size']} samples" if "steps" in r else
+                        f"{100 * r['codes_changed']:.1f}% of codes moved per task")
+                print(f"{cell} seed {seed}: {100 * (r['accuracy'] or 0):.2f}% ({r['wall_s']:.0f} s, {what})",
+                      flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

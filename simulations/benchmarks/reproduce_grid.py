@@ -103,6 +103,8 @@ def _grid(dataset: str, bits: tuple[str, ...], fractions: tuple[str, ...], rows:
     return tuple(cell_name(dataset, b, f, r) for b in bits for f in fractions for r in rows)
 
 
+#: The QCore table's rows (simulations/benchmarks/reproduce_qcore.py runs them).
+QCORE_ROW_NAMES = ("none", "bfn", "backprop", "backprop-codes", "backprop-random")
 SELECTOR_ROWS = ("random", "forgetting", "moderate", "acs", "quarc")
 #: In the order the study runs them (most decisive first): a budget cut leaves the later tables short.
 TABLES: tuple[Table, ...] = (
@@ -124,6 +126,8 @@ TABLES: tuple[Table, ...] = (
     Table("qgt", "QGT in its own mode against plain PTQ and LSQ QAT (random 1% coreset)",
           "ALGORITHMS.md §3 (QGT)", _grid("mnist", ("w2a2", "w4a4"), ("1%",), ("random", "ptq", "qgt-ptq",
                                                                               "qgt-ptq-1e3"))),
+    Table("qcore", "QCore: continual calibration under drift, where back-propagation moves codes",
+          "ALGORITHMS.md §4 (QCore)", tuple(f"qcore/{b}/drift/{r}" for b in ("w4", "w2") for r in QCORE_ROW_NAMES)),
     Table("cost", "Cost: full-data QAT against QuaRC at 10%, W2A2", "QuaRC timing",
           _grid("mnist", ("w2a2",), ("10%",), ("quarc",)) + _grid("mnist", ("w2a2",), ("1%",), ("full",))),
     Table("table1-fractions", "Selectors at 3% and 5% (MNIST)", "QuaRC Table I, 3% and 5% columns",
@@ -186,6 +190,16 @@ CLAIMS: tuple[Claim, ...] = (
             f"PTQ, {b.upper()}", _c(b, "1%", "qgt-ptq"), (_c(b, "1%", "ptq"),), "no number: the paper's contrast "
             "(2-bit VWW model within 3% of float)")
       for b in ("w2a2", "w4a4")),
+    *(c for b in ("w4", "w2") for c in (
+        Claim(f"qcore-bp-gains-{b}", "ALGORITHMS.md §4.4-4.5 (the setting's premise)", f"Back-propagation on the "
+              f"QCore gains accuracy under drift, {b.upper()}", f"qcore/{b}/drift/backprop", (f"qcore/{b}/drift/none",),
+              "no number (the paper's results were not available)"),
+        Claim(f"qcore-bfn-gains-{b}", "ALGORITHMS.md §4.1, §4.5", f"The bit-flipping network gains accuracy under "
+              f"drift without back-propagation, {b.upper()}", f"qcore/{b}/drift/bfn", (f"qcore/{b}/drift/none",),
+              "no number (abstract: outperforms strong baselines)"),
+        Claim(f"qcore-core-beats-random-{b}", "ALGORITHMS.md §4.3", f"The QCore beats a random core of the same "
+              f"size for back-propagation calibration, {b.upper()}", f"qcore/{b}/drift/backprop",
+              (f"qcore/{b}/drift/backprop-random",), "no number"))),
     Claim("quarc-gap-shrinks", "ALGORITHMS.md §1.8, Table I/VI", "QuaRC still beats ACS at 10%, 2 bits (the "
           "paper: by less than at 1%; the shrinking itself is not tested)", _c("w2a2", "10%", "quarc"),
           (_c("w2a2", "10%", "acs"),),

@@ -123,6 +123,46 @@ def _table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str
     return [*lines, ""]
 
 
+def _share(results: Mapping[str, Any], bits: str) -> str:
+    """The BFN's share of back-propagation's gain over no calibration, and its share of the compute."""
+    def acc(row: str) -> float:
+        values = list(accuracies(results, f"qcore/{bits}/drift/{row}").values())
+        return sum(values) / len(values) if values else math.nan
+
+    def flops(row: str, key: str) -> float:
+        runs = [r for r in results.get("runs", {}).get(f"qcore/{bits}/drift/{row}", {}).values() if r.get(key)]
+        return sum(r[key] for r in runs) / len(runs) if runs else math.nan
+
+    none, bfn = acc("none"), acc("bfn")
+    parts = []
+    for bp in ("backprop", "backprop-codes"):
+        gain = acc(bp) - none
+        share = (bfn - none) / gain if gain and not math.isnan(gain) else math.nan
+        total, cal = (flops("bfn", k) / flops(bp, k) for k in ("flops_per_task", "flops_calibration_per_task"))
+        parts.append(f"{100 * share:.0f}% of `{bp}`'s gain ({100 * (bfn - none):+.2f} of {100 * gain:+.2f} points) "
+                     f"at {100 * total:.1f}% of its compute per task ({100 * cal:.1f}% of its calibration alone)")
+    return f"- {bits.upper()}: the BFN recovers " + "; ".join(parts) + "."
+
+
+def _qcore_table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str, ...]) -> list[str]:
+    lines = [f"### {title} ({source})", "",
+             "| bits | row | task accuracy % (mean ± 95%) | seeds | vs none (paired) | vs backprop (paired) | "
+             "original accuracy after the last task % | codes moved per task % | GFLOP per task "
+             "(calibration) |", "|---|---|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        _, bits, _, row = parse_cell(cell)
+        runs = results.get("runs", {}).get(cell, {}).values()
+        vs = [_pct(*paired(results, cell, f"qcore/{bits}/drift/{b}")[:2]) if b != row else ""
+              for b in ("none", "backprop")]
+        orig, moved, gflop, cal = (_mean_of(runs, key, fmt, scale) for key, fmt, scale in
+                                   (("accuracy_original", ".2f", 100.0), ("codes_changed", ".2f", 100.0),
+                                    ("flops_per_task", ".3f", 1e-9), ("flops_calibration_per_task", ".3f", 1e-9)))
+        accs = list(accuracies(results, cell).values())
+        lines.append(f"| {bits} | {row} | {_acc_text(accs)} | {len(accs)} | {' | '.join(vs)} | {orig} | {moved} | "
+                     f"{gflop} ({cal}) |")
+    return [*lines, "", *sorted({_share(results, parse_cell(c)[1]) for c in cells}), ""]
+
+
 def render(results: Mapping[str, Any], command: str) -> str:
     """``docs/reproduction.md``: the budget, one table per paper table, then the verdicts."""
     budget = results.get("budget", {})
@@ -146,7 +186,7 @@ def render(results: Mapping[str, Any], command: str) -> str:
              "size of effect; no correction is made for judging many claims at once.",
              *[f"- {d}" for d in DEVIATIONS], "", "## Tables", ""]
     for t in TABLES:
-        lines += _table(results, t.title, t.source, t.cells)
+        lines += (_qcore_table if t.key == "qcore" else _table)(results, t.title, t.source, t.cells)
     judged = [(claim, judge(results, claim)) for claim in CLAIMS]
     counts = {v: sum(j["verdict"] == v for _, j in judged) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
     lines += ["## Verdicts", "", f"{len(judged)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
