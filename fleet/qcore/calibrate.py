@@ -106,7 +106,7 @@ def backprop_calibrate(
     for layer in layers.values():
         layer.start_latent()
     model.eval()  # frozen BN statistics and activation ranges
-    latents = [layer.latent for layer in layers.values()]
+    latents = [layer.latent for layer in layers.values() if layer.latent is not None]
     others = [] if ctx.codes_only else [p for n, p in model.named_parameters()
                                         if p.requires_grad and not n.endswith("latent")]
     opts = [CODE_OPTIMIZERS[ctx.code_optimizer](latents, ctx.code_lr)]

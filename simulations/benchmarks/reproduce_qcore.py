@@ -93,7 +93,8 @@ def _prepare(flat: dict[str, Any]) -> tuple[Deployment, dict[str, Any]]:
     parts = dirichlet_split(y_priv.numpy(), flat["split"], DIRICHLET_ALPHA, rng, flat["min_samples"])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = build_model("cnn", tuple(x_all.shape[1:]), int(y_all.max()) + 1)
+        c, h, w = x_all.shape[1:]
+        model = build_model("cnn", (c, h, w), int(y_all.max()) + 1)
     counts = count_misses(train_float_recording(model, x_pub, y_pub, flat["float_epochs"], gen, lr=FLOAT_LR,
                                                 record_every=RECORD_EVERY))
     cfg = ContinualConfig(**{k: flat[k] for k in (*SETTING, "bits", "codes_only") if k != "calibration"})
@@ -122,8 +123,9 @@ def _device(job: tuple) -> list[dict[str, Any]]:
     cfg = replace(cfg, core_size=len(shared["cores"]["qcore"][1]))
     core = shared["cores"]["random" if cfg.calibration == "backprop-random" else "qcore"]
     x, y = shared["devices"][dev]
+    x_test, y_test = shared["test"]
     rng = np.random.default_rng([flat["seed"], dev, flat["bits"]])  # the same stream for every row
-    return [asdict(t) for t in run_device_stream(dep.model, x, y, *shared["test"], cfg, rng, core=core,
+    return [asdict(t) for t in run_device_stream(dep.model, x, y, x_test, y_test, cfg, rng, core=core,
                                                  bfns=dep.bfns)]
 
 
