@@ -157,6 +157,8 @@ class QuantConfig:
     keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
                        "classifier, downsample convs, as ACS; 'int8': those same layers at W8A8, so every layer "
                        "is integer on the device; 'none')")
+    w8_layers: str = opt("", "comma-separated quantized module names whose weights use 8 bits (activations stay at "
+                             "act-bits); e.g. one layer at a time, to check QGT's bottleneck report")
     codec: str = opt("fp32", "what devices upload",
                      choices=Registry("fleet.quant.codecs", "CODECS"))
     codec_per_channel: bool = opt(False, "per-channel scales for delta codecs")

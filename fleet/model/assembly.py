@@ -15,7 +15,7 @@ from torch import nn
 
 from fleet.config.scenario import ScenarioConfig
 from fleet.config.schema import ConfigError
-from fleet.quant.convert import default_keep_fp, quant_info, quantize_model, set_initialized
+from fleet.quant.convert import default_keep_fp, quant_info, quant_layers, quantize_model, set_initialized
 from fleet.quant.spec import QuantInfo, is_quantized, split_state
 
 __all__ = ["keep_fp_names", "trainable_model", "state_arrays", "load_arrays", "QuantInfo",
@@ -40,6 +40,24 @@ def keep_fp_names(cfg: ScenarioConfig, model: nn.Module) -> list[str] | None:
     return names
 
 
+def w8_layer_names(cfg: ScenarioConfig, model: nn.Module) -> list[str]:
+    """``quant.w8-layers`` as module names, each one a quantized layer of ``model`` (ConfigError otherwise)."""
+    names = [n.strip() for n in cfg.quant.w8_layers.split(",") if n.strip()]
+    quantized = set(quant_layers(model))
+    for n in names:
+        if n not in quantized:
+            raise ConfigError("quant.w8-layers", f"'{n}' is not a quantized layer of {cfg.model.arch}; quantized: "
+                                                 f"{', '.join(sorted(quantized)) or 'none'}")
+    return names
+
+
+def _swap(model: nn.Module, donor: nn.Module, names: list[str]) -> None:
+    """Replace ``model``'s modules ``names`` by ``donor``'s (the same architecture quantized otherwise)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, donor.get_submodule(name))
+
+
 def trainable_model(cfg: ScenarioConfig, reference: nn.Module, weight_bits: int, act_bits: int) -> nn.Module:
     """A fresh trainable copy of ``reference``, fake-quantized at the given widths (32 = float)."""
     if not is_quantized(weight_bits, act_bits):
@@ -49,10 +67,10 @@ def trainable_model(cfg: ScenarioConfig, reference: nn.Module, weight_bits: int,
                                 "act_signed": cfg.quant.act_signed}
         model = quantize_model(reference, weight_bits, act_bits, keep_fp=keep_fp_names(cfg, reference), **opts)
         if cfg.quant.keep_fp.strip() == "int8":  # the layers ACS keeps in float, at 8 bits instead
-            wide = quantize_model(reference, INT8_BITS, INT8_BITS, keep_fp=[], **opts)
-            for name in default_keep_fp(reference):
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, wide.get_submodule(name))
+            _swap(model, quantize_model(reference, INT8_BITS, INT8_BITS, keep_fp=[], **opts),
+                  default_keep_fp(reference))
+        if names := w8_layer_names(cfg, model):
+            _swap(model, quantize_model(reference, INT8_BITS, act_bits, keep_fp=[], **opts), names)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

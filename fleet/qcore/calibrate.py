@@ -42,7 +42,7 @@ __all__ = [
 
 
 #: Optimisers of the latent codes (``stream.code-optimizer``), by name: ``(params, lr) -> optimizer``.
-CODE_OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], float], torch.optim.Optimizer]] = {
+CODE_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], float], torch.optim.Optimizer]] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -155,6 +155,9 @@ class Deployment:
     model: nn.Module
     core: Core
     bfns: BFNSet | None
+    #: per layer: the fit's MSE, the share of its targets that are non-zero (the MSE of predicting no flip), and
+    #: the share of the BFN's outputs on its training pairs that round to a flip
+    fit: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -219,8 +222,20 @@ def deploy(
         for n, p in record_flip_pairs(copy.deepcopy(model), ex, ey, ctx, bfns).items():
             pairs[n].extend(p)
     bfn_loss = fit_bfns(bfns, pairs, gen, steps=bfn_steps)
-    log.info("BFN fit MSE per layer: %s", bfn_loss)
-    return Deployment(model, core, bfns)
+    fit = {n: {"mse": loss, **_flip_shares(bfns[n], pairs[n])} for n, loss in bfn_loss.items()}
+    log.info("BFN fit per layer: %s", fit)
+    return Deployment(model, core, bfns, fit)
+
+
+@torch.no_grad()
+def _flip_shares(net: nn.Module, pairs: list[FlipPair]) -> dict[str, float]:
+    """Shares of non-zero targets and of flips the fitted BFN predicts, over a layer's training pairs."""
+    targets = flips = total = 0
+    for feats, codes, target in pairs:
+        targets += int(target.ne(0).sum())
+        flips += int(net(feats, codes).round().clamp(-1, 1).ne(0).sum())
+        total += target.numel()
+    return {"targets_nonzero": targets / max(1, total), "flips_predicted": flips / max(1, total)}
 
 
 def run_device_stream(

@@ -37,6 +37,8 @@ BITS: dict[str, dict[str, Any]] = {
     "w2": {"quant.weight-bits": 2, "quant.act-bits": 32, "quant.weights-only": True},  # QuaRC's MobileNetV2 rows
 }
 _CLC = {"train.clc-beta": "auto"}  # beta * L_CLC = 0.5 * L_KD on the first batch (docs/coreset.md)
+#: The quantized layers of the study's CNN with ``quant.keep-fp = "none"`` (fleet/model/architectures.py).
+BOTTLENECK_LAYERS = ("conv1", "conv2", "conv3", "classifier")
 #: row -> overrides: the selector, and CLC where the row has it. ``quarc`` is QuaRC as published (RES + EVS + DS
 #: selection and CLC); ``acs+res`` is its selection without CLC.
 ROWS: dict[str, dict[str, Any]] = {
@@ -62,6 +64,10 @@ ROWS: dict[str, dict[str, Any]] = {
     # regulariser, then round-to-nearest (train.qgt-mode = "ptq"); lambda = 0 is plain PTQ.
     **{name: {"coreset.method": "random", "coreset.redraw": True, "train.qgt-mode": "ptq", "train.qgt-lambda": lam}
        for name, lam in (("ptq", 0.0), ("qgt-ptq", 100.0), ("qgt-ptq-1e3", 1000.0))},
+    # The bottleneck check: QGT-PTQ with every conv/linear layer quantized, then with one layer's weights at 8 bits.
+    **{f"qgt-ptq-all{suffix}": {"coreset.method": "random", "coreset.redraw": True, "train.qgt-mode": "ptq",
+                                "train.qgt-lambda": 100.0, "quant.keep-fp": "none", "quant.w8-layers": layer}
+       for suffix, layer in (("", ""), *((f"+w8-{n}", n) for n in BOTTLENECK_LAYERS))},
 }
 #: dataset -> (data keys, model keys); ``--dataset``/``--root`` replace the first one's data keys.
 DATASETS: dict[str, dict[str, Any]] = {
@@ -126,6 +132,9 @@ TABLES: tuple[Table, ...] = (
     Table("qgt", "QGT in its own mode against plain PTQ and LSQ QAT (random 1% coreset)",
           "ALGORITHMS.md §3 (QGT)", _grid("mnist", ("w2a2", "w4a4"), ("1%",), ("random", "ptq", "qgt-ptq",
                                                                               "qgt-ptq-1e3"))),
+    Table("bottleneck", "QGT's bottleneck report against giving one layer 8-bit weights (QGT-PTQ, every layer "
+          "quantized, random 1%, W2A2)", "ALGORITHMS.md §3.1", _grid("mnist", ("w2a2",), ("1%",), (
+              "qgt-ptq-all", *(f"qgt-ptq-all+w8-{n}" for n in BOTTLENECK_LAYERS)))),
     Table("qcore", "QCore: continual calibration under drift, where back-propagation moves codes",
           "ALGORITHMS.md §4 (QCore)", tuple(f"qcore/{b}/drift/{r}" for b in ("w4", "w2") for r in QCORE_ROW_NAMES)),
     Table("cost", "Cost: full-data QAT against QuaRC at 10%, W2A2", "QuaRC timing",

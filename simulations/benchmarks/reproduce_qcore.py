@@ -156,4 +156,4 @@ def run_qcore_cell(cell: str, seed: int, quick: bool = False, workers: int = 2) 
             "per_device_accuracy": [float(np.nanmean([t["accuracy_task"] for t in dev])) for dev in per_device],
             "per_task_accuracy": [float(np.nanmean([dev[t]["accuracy_task"] for dev in per_device]))
                                   for t in range(len(per_device[0]))],
-            "commit": git_commit(), "config": flat}
+            "bfn_fit": dep.fit, "commit": git_commit(), "config": flat}

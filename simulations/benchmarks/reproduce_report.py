@@ -12,11 +12,12 @@ A claim "A beats B" is judged on the paired differences ``acc(A, seed) - acc(B, 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from simulations.analysis.stats import mean_ci95
-from simulations.benchmarks.reproduce_grid import CLAIMS, TABLES, Claim, parse_cell
+from simulations.benchmarks.reproduce_grid import BOTTLENECK_LAYERS, CLAIMS, TABLES, Claim, parse_cell
 
 __all__ = ["MIN_EFFECT", "MIN_SEEDS", "paired", "verdict", "judge", "render"]
 
@@ -163,6 +164,31 @@ def _qcore_table(results: Mapping[str, Any], title: str, source: str, cells: tup
     return [*lines, "", *sorted({_share(results, parse_cell(c)[1]) for c in cells}), ""]
 
 
+_BOTTLENECK_BASE = "mnist/w2a2/1%/qgt-ptq-all"
+
+
+def bottleneck_claim(results: Mapping[str, Any]) -> Claim | None:
+    """QGT's claim that its report points at the layers that resist quantization, as a claim on the study's cells:
+    the layer its report ranks first (in most seeds of the base run) gains the most from 8-bit weights."""
+    reports = [r["bottleneck"] for r in results.get("runs", {}).get(_BOTTLENECK_BASE, {}).values()
+               if r.get("bottleneck")]
+    if not reports:
+        return None
+    top, votes = Counter(rep[0] for rep in reports).most_common(1)[0]
+    cell = f"{_BOTTLENECK_BASE}+w8-{top}"
+    others = tuple(f"{_BOTTLENECK_BASE}+w8-{n}" for n in BOTTLENECK_LAYERS if n != top)
+    return Claim("qgt-bottleneck", "ALGORITHMS.md §3.1", "QGT's bottleneck report names the layer whose 8-bit "
+                 f"weights recover the most accuracy (its first layer: {top}, in {votes} of {len(reports)} seeds)",
+                 cell, others, "no number: the abstract's 'points out the layers that resist quantization'")
+
+
+def _bottleneck_note(results: Mapping[str, Any]) -> list[str]:
+    reports = {s: r["bottleneck"] for s, r in results.get("runs", {}).get(_BOTTLENECK_BASE, {}).items()
+               if r.get("bottleneck")}
+    return [f"- The report's ranking (most resistant first) on `qgt-ptq-all`, seed {s}: {' > '.join(rep)}"
+            for s, rep in sorted(reports.items())] + [""]
+
+
 def render(results: Mapping[str, Any], command: str) -> str:
     """``docs/reproduction.md``: the budget, one table per paper table, then the verdicts."""
     budget = results.get("budget", {})
@@ -187,7 +213,10 @@ def render(results: Mapping[str, Any], command: str) -> str:
              *[f"- {d}" for d in DEVIATIONS], "", "## Tables", ""]
     for t in TABLES:
         lines += (_qcore_table if t.key == "qcore" else _table)(results, t.title, t.source, t.cells)
-    judged = [(claim, judge(results, claim)) for claim in CLAIMS]
+        if t.key == "bottleneck":
+            lines += _bottleneck_note(results)
+    dynamic = bottleneck_claim(results)
+    judged = [(claim, judge(results, claim)) for claim in (*CLAIMS, *([dynamic] if dynamic else []))]
     counts = {v: sum(j["verdict"] == v for _, j in judged) for v in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)}
     lines += ["## Verdicts", "", f"{len(judged)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
               "", "| claim | source | paper | verdict | deciding comparison (points) |", "|---|---|---|---|---|"]

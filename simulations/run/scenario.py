@@ -54,7 +54,7 @@ def load_config(scenario: str, overrides: Mapping[str, Any] | Sequence[str] = ()
 def preflight(cfg: ScenarioConfig) -> list[str]:
     """Check what the config alone cannot (files, names, hardware); returns warnings."""
     from fleet.data.splits import fleet_data
-    from fleet.model.assembly import keep_fp_names
+    from fleet.model.assembly import keep_fp_names, trainable_model
     from fleet.model.reference import load_state_checked
     from fleet.quant.codecs import scenario_codec
     from fleet.train.losses import FeatureTaps, clc_layer_names
@@ -81,6 +81,10 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     if cfg.model.checkpoint:
         load_state_checked(model, cfg.model.checkpoint)
     keep_fp_names(cfg, model)
+    if cfg.quant.w8_layers.strip():
+        if cfg.quant.weight_bits == 32:
+            raise ConfigError("quant.w8-layers", "needs quantized weights (quant.weight-bits < 32)")
+        trainable_model(cfg, model, cfg.quant.weight_bits, cfg.quant.act_bits)  # checks the names
     if cfg.train.clc_beta != 0.0:
         try:
             FeatureTaps(model, clc_layer_names(cfg, model))
