@@ -13,7 +13,8 @@ import pytest
 from simulations.analysis.stats import t_quantile_975
 from simulations.benchmarks import reproduce
 from simulations.benchmarks.reproduce_grid import BITS, CLAIMS, FRACTIONS, PROTOCOL, ROWS, TABLES, cell_overrides
-from simulations.benchmarks.reproduce_report import MIN_EFFECT, judge, verdict
+from simulations.benchmarks.reproduce_qcore import QCORE_ROWS
+from simulations.benchmarks.reproduce_report import MIN_EFFECT, bottleneck_claim, judge, verdict
 
 
 def test_a_one_percent_cell_trains_on_600_samples_for_300_steps() -> None:
@@ -31,8 +32,11 @@ def test_every_claim_is_decided_by_cells_the_tables_run() -> None:
         assert {claim.better, *claim.against} <= cells, claim.key
     for t in TABLES:
         for cell in t.cells:
-            _, bits, frac, row = cell.split("/")
-            assert bits in BITS and frac in FRACTIONS and row in ROWS, cell
+            dataset, bits, frac, row = cell.split("/")
+            if dataset == "qcore":
+                assert bits in ("w4", "w2") and frac == "drift" and row in QCORE_ROWS, cell
+            else:
+                assert bits in BITS and frac in FRACTIONS and row in ROWS, cell
 
 
 @pytest.mark.parametrize(("mean", "half", "n", "expected"), [
@@ -84,3 +88,44 @@ def test_quick_run_writes_the_schema_and_judges_its_own_output(tmp_path: Path) -
     # A second invocation resumes: nothing reruns, and the report is rewritten from the JSON alone.
     again = reproduce.main(["--quick", "--out", str(out), "--doc", str(doc), "--report-only"])
     assert again["runs"] == saved["runs"]
+
+
+def test_the_bottleneck_claim_follows_the_reports_first_layer() -> None:
+    # Prepare: the base run's report ranks conv3 first in two seeds of three
+    base = "mnist/w2a2/1%/qgt-ptq-all"
+    runs = {base: {"0": {"accuracy": 0.4, "bottleneck": ["conv3", "conv1"]},
+                   "1": {"accuracy": 0.4, "bottleneck": ["conv1", "conv3"]},
+                   "2": {"accuracy": 0.4, "bottleneck": ["conv3", "conv2"]}}}
+    # Execute
+    claim = bottleneck_claim({"runs": runs})
+    # Assert: conv3 with 8-bit weights must beat each other layer with 8-bit weights
+    assert claim is not None and "conv3, in 2 of 3 seeds" in claim.text
+    assert claim.better == f"{base}+w8-conv3"
+    assert set(claim.against) == {f"{base}+w8-{n}" for n in ("conv1", "conv2", "classifier")}
+    assert bottleneck_claim({"runs": {}}) is None
+
+
+def test_quick_qcore_cells_write_their_records_and_verdicts(tmp_path: Path) -> None:
+    # Execute: the QCore table's W4 rows, three seeds, digits
+    out, doc = tmp_path / "reproduce.json", tmp_path / "reproduction.md"
+    results = reproduce.main(["--quick", "--tables", "qcore", "--cells", "qcore/w4/*", "--out", str(out),
+                              "--doc", str(doc)])
+    # Assert: a record per row and seed, on one shared deployment per seed (same streams: 'none' rows agree
+    # with 'bfn' rows whenever the BFN flips nothing)
+    saved = json.loads(out.read_text())
+    for row in QCORE_ROWS:
+        runs = saved["runs"][f"qcore/w4/drift/{row}"]
+        assert sorted(runs) == ["0", "1", "2"], row
+        for r in runs.values():
+            assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["codes_changed"] <= 1.0 and r["commit"]
+            assert r["config"]["calibration"] == QCORE_ROWS[row][0] and r["config"]["quick"] is True
+    assert all(r["flops_per_task"] == 0 for r in saved["runs"]["qcore/w4/drift/none"].values())
+    assert all(r["codes_changed"] == 0 for r in saved["runs"]["qcore/w4/drift/none"].values())
+    text = doc.read_text()
+    assert "### QCore" in text and "- W4: the BFN recovers" in text
+    for claim in CLAIMS:
+        if claim.key.endswith("-w4") and claim.key.startswith("qcore"):
+            j = judge(results, claim)
+            diffs = [saved["runs"][claim.better][s]["accuracy"] - saved["runs"][claim.against[0]][s]["accuracy"]
+                     for s in ("0", "1", "2")]
+            assert j["verdict"] == _by_hand(diffs), claim.key

@@ -135,3 +135,33 @@ def test_cli_bad_checkpoint_exits_2(case: str, mlp_checkpoint: Path, tmp_path: P
     assert line.startswith("error: model.checkpoint: "), line
     assert ("does not fit model.arch" if case == "wrong-arch" else "not found") in line, line
     assert not out.exists()
+
+
+def test_w8_layers_give_one_layer_8_bit_weights_and_keep_its_input_width() -> None:
+    # Prepare
+    from fleet.model.assembly import trainable_model
+    from fleet.quant.convert import quant_layers
+
+    reference = build_model("cnn", (1, 8, 8), 10)
+    for keep, first_input in (("none", 1), ("int8", 127)):  # conv1's signed input: 2 bits, or 8 under "int8"
+        cfg, _ = load_config(SCENARIO, {"quant.keep-fp": keep, "quant.w8-layers": "conv1,conv2"})
+        # Execute
+        layers = quant_layers(trainable_model(cfg, reference, 2, 2))
+        # Assert: the named layers' weights on the 8-bit grid, their inputs at the widths they had
+        assert (layers["conv1"].weight_quant.qmax, layers["conv1"].act_quant.qmax) == (127, first_input)
+        assert (layers["conv2"].weight_quant.qmax, layers["conv2"].act_quant.qmax) == (127, 3)
+        assert layers["conv3"].weight_quant.qmax == 1
+        assert preflight(cfg) == []
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"quant.w8-layers": "conv1", "quant.keep-fp": "default"},
+     "'conv1' is not a quantized layer of cnn; quantized: conv2, conv3"),
+    ({"quant.w8-layers": "conv2", "quant.weight-bits": 32, "quant.act-bits": 32, "quant.codec": "fp32"},
+     "needs quantized weights"),
+])
+def test_preflight_rejects_w8_layers_it_cannot_widen(overrides: dict, fragment: str) -> None:
+    cfg, _ = load_config(SCENARIO, overrides)
+    with pytest.raises(ConfigError) as info:
+        preflight(cfg)
+    assert info.value.key == "quant.w8-layers" and fragment in str(info.value), str(info.value)

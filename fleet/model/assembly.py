@@ -69,8 +69,10 @@ def trainable_model(cfg: ScenarioConfig, reference: nn.Module, weight_bits: int,
         if cfg.quant.keep_fp.strip() == "int8":  # the layers ACS keeps in float, at 8 bits instead
             _swap(model, quantize_model(reference, INT8_BITS, INT8_BITS, keep_fp=[], **opts),
                   default_keep_fp(reference))
-        if names := w8_layer_names(cfg, model):
-            _swap(model, quantize_model(reference, INT8_BITS, act_bits, keep_fp=[], **opts), names)
+        if names := w8_layer_names(cfg, model):  # only their weight quantizers: their inputs keep their widths
+            donor = quantize_model(reference, INT8_BITS, act_bits, keep_fp=[], **opts)
+            for name in names:
+                model.get_submodule(name).weight_quant = donor.get_submodule(name).weight_quant
     for p in model.parameters():
         p.requires_grad_(True)
     return model
