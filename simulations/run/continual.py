@@ -31,8 +31,14 @@ from strategies.wrapper import FleetStrategy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_stream_phase"]
+__all__ = ["public_rows", "run_stream_phase"]
 
+FALLBACK_PUBLIC = 512  # without a public split, the server uses the first training rows (a simulation shortcut)
+
+
+def public_rows(fd: FleetData) -> np.ndarray:
+    """The rows the server records misses on and draws the QCore from: the public split, if there is one."""
+    return fd.public if len(fd.public) else np.concatenate(fd.train)[:FALLBACK_PUBLIC]
 
 
 def _record(state: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -43,7 +49,7 @@ def run_stream_phase(grid: Grid, cfg: ScenarioConfig, strategy: FleetStrategy, f
                      fd: FleetData, run_dir: Path, append_rows) -> dict[str, Any]:  # noqa: ANN001
     """Deploy with QCore and run every device's stream; returns the summary's ``continual`` block."""
     ds = fd.dataset
-    pub = fd.public if len(fd.public) else np.concatenate(fd.train)[:512]
+    pub = public_rows(fd)
     x_pub, y_pub = ds.x_train[pub], ds.y_train[pub]
     ccfg = continual_config(cfg)
     gen = torch.Generator().manual_seed(cfg.federation.seed)
@@ -100,8 +106,8 @@ def _summarise(rows: list[dict[str, Any]], devices: int, failed: int, cfg: Scena
     for t in tasks:
         sel = [r for r in rows if r["task"] == t]
         stat = {"task": t}
-        for k in ("accuracy_task", "accuracy_original", "accuracy_core"):
-            v = np.array([r[k] for r in sel if r[k] is not None], dtype=float)
+        for k in ("accuracy_task", "accuracy_original", "accuracy_core", "codes_changed"):
+            v = np.array([r[k] for r in sel if r.get(k) is not None], dtype=float)
             stat[f"{k}_mean"] = float(v.mean()) if len(v) else None
             stat[f"{k}_std"] = float(v.std()) if len(v) else None
         per_task.append(stat)

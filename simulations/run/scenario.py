@@ -99,6 +99,11 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
                 ccfg.check_local_data(len(rows))
         except ValueError as exc:
             raise ConfigError(*_split(str(exc), "stream")) from None
+        from simulations.run.continual import public_rows
+
+        if ccfg.core_size > (n_pub := len(public_rows(fd))):
+            raise ConfigError("stream.core-size", f"{ccfg.core_size} > the {n_pub} public samples the server draws "
+                                                  "the QCore from (raise data.public-fraction)")
     warnings += _width_warnings(cfg, names)
     if cfg.devices.deadline_s > 0:
         flops = model_flops(model, ds.in_shape)
