@@ -92,7 +92,7 @@ def test_quick_run_writes_the_schema_and_judges_its_own_output(tmp_path: Path) -
 
 def test_the_bottleneck_claim_follows_the_reports_first_layer() -> None:
     # Prepare: the base run's report ranks conv3 first in two seeds of three
-    base = "mnist/w2a2/1%/qgt-ptq-all"
+    base = "mnist/w2/1%/qgt-ptq-all"
     runs = {base: {"0": {"accuracy": 0.4, "bottleneck": ["conv3", "conv1"]},
                    "1": {"accuracy": 0.4, "bottleneck": ["conv1", "conv3"]},
                    "2": {"accuracy": 0.4, "bottleneck": ["conv3", "conv2"]}}}

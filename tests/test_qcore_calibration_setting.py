@@ -101,3 +101,10 @@ def test_device_stream_reports_codes_moved_per_task() -> None:
     # Assert
     assert [r.codes_changed for r in rows["none"]] == [0.0, 0.0, 0.0]
     assert all(r.codes_changed > 0.0 for r in rows["backprop-qcore"])
+
+
+def test_the_code_optimizer_key_reaches_the_device_and_bad_ones_are_named() -> None:
+    cfg = parse_config({"stream.enabled": True, "stream.code-optimizer": "sgd"})
+    assert continual_config(cfg).code_optimizer == "sgd"
+    with pytest.raises(ValueError, match="stream.code-optimizer: 'rmsprop'"):
+        ContinualConfig(code_optimizer="rmsprop")

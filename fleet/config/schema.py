@@ -157,8 +157,8 @@ class QuantConfig:
     keep_fp: str = opt("default", "comma-separated module names kept in float ('default': first conv, "
                        "classifier, downsample convs, as ACS; 'int8': those same layers at W8A8, so every layer "
                        "is integer on the device; 'none')")
-    w8_layers: str = opt("", "comma-separated quantized module names whose weights use 8 bits (activations stay at "
-                             "act-bits); e.g. one layer at a time, to check QGT's bottleneck report")
+    w8_layers: str = opt("", "comma-separated quantized module names whose weights use 8 bits (their inputs keep "
+                             "their widths); e.g. one layer at a time, to check QGT's bottleneck report")
     codec: str = opt("fp32", "what devices upload",
                      choices=Registry("fleet.quant.codecs", "CODECS"))
     codec_per_channel: bool = opt(False, "per-channel scales for delta codecs")
@@ -300,6 +300,9 @@ class StreamConfig:
     code_lr: float = opt(0.01, "back-propagation Adam learning rate of the integer codes, in quantization steps",
                          gt=0)
     calibration_batch: int = opt(128, "back-propagation batch size on the core", ge=1)
+    code_optimizer: str = opt("adam", "optimiser of the codes ('adam': every code moves about code-lr per step "
+                                      "whatever its gradient; 'sgd': momentum 0.9, in proportion to it)",
+                              choices=Registry("fleet.qcore.calibrate", "CODE_OPTIMIZERS"))
     codes_only: bool = opt(False, "back-propagation trains the codes alone (biases and norms stay as deployed), "
                                   "so every gain is one a BFN could make")
 

@@ -28,6 +28,7 @@ from fleet.hardware.flops import model_flops
 from fleet.qcore.bfn import BFNSet, FlipPair, fit_bfns
 from fleet.qcore.calibrate import (
     CALIBRATIONS,
+    CODE_OPTIMIZERS,
     CORE_POLICY,
     CalibrationContext,
     backprop_calibrate,
@@ -77,6 +78,8 @@ class ContinualConfig:
         BP batch size on the core (default: 128, the code's; a 20-sample core is one batch).
     codes_only : bool
         BP trains the codes alone, not biases and norm parameters (default: False).
+    code_optimizer : str
+        Optimiser of the latent codes, a key of ``calibrate.CODE_OPTIMIZERS`` (default: "adam").
     recordings : int
         Recorded forward passes per core update (default: 10; the code: 50 passes / 5).
     count_batch_size : int
@@ -97,6 +100,7 @@ class ContinualConfig:
     code_lr: float = 0.01
     batch_size: int = 128
     codes_only: bool = False
+    code_optimizer: str = "adam"
     recordings: int = 10
     count_batch_size: int = 32
     holdout: float = 0.25
@@ -109,6 +113,8 @@ class ContinualConfig:
         if self.calibration not in CALIBRATIONS:
             raise ValueError(
                 f"stream.calibration: '{self.calibration}' not in {list(CALIBRATIONS)}")
+        if self.code_optimizer not in CODE_OPTIMIZERS:
+            raise ValueError(f"stream.code-optimizer: '{self.code_optimizer}' not in {list(CODE_OPTIMIZERS)}")
         if self.drift not in DRIFTS:
             raise ValueError(f"stream.drift: '{self.drift}' not in {list(DRIFTS)}")
         if self.tasks < 1 or self.core_size < 1 or self.epochs < 0 or self.recordings < 1 or self.batch_size < 1:
@@ -217,7 +223,8 @@ def deploy(
     bfns = BFNSet(model)
     bfns.set_reference(model, core[0])
     pairs: dict[str, list[FlipPair]] = {n: [] for n in bfns.names}
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only,
+                             code_optimizer=cfg.code_optimizer)
     for ex, ey in [core, *episodes]:
         for n, p in record_flip_pairs(copy.deepcopy(model), ex, ey, ctx, bfns).items():
             pairs[n].extend(p)
@@ -282,7 +289,8 @@ def run_device_stream(
         raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy(with_bfns=True))")
     model = copy.deepcopy(model)
     ff = model_flops(model, tuple(x_train.shape[1:]), matmul_only=True)
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only, bfns)
+    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only, bfns,
+                             cfg.code_optimizer)
     policy = CORE_POLICY[cfg.calibration]
     out = []
     for t, (xt, yt) in enumerate(make_stream(x_train, y_train, cfg.tasks, cfg.drift, rng,

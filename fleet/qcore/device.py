@@ -31,7 +31,8 @@ def continual_config(cfg: ScenarioConfig) -> ContinualConfig:
     s = cfg.stream
     return ContinualConfig(tasks=s.tasks, drift=s.drift, core_size=s.core_size, bits=s.bits,
                            calibration=s.calibration, epochs=s.calibration_epochs, code_lr=s.code_lr,
-                           batch_size=s.calibration_batch, codes_only=s.codes_only)
+                           batch_size=s.calibration_batch, codes_only=s.codes_only,
+                           code_optimizer=s.code_optimizer)
 
 
 def rebuild_deployment(cfg: ScenarioConfig, model_state: dict[str, torch.Tensor],

@@ -164,7 +164,7 @@ def _qcore_table(results: Mapping[str, Any], title: str, source: str, cells: tup
     return [*lines, "", *sorted({_share(results, parse_cell(c)[1]) for c in cells}), ""]
 
 
-_BOTTLENECK_BASE = "mnist/w2a2/1%/qgt-ptq-all"
+_BOTTLENECK_BASE = "mnist/w2/1%/qgt-ptq-all"
 
 
 def bottleneck_claim(results: Mapping[str, Any]) -> Claim | None:
