@@ -327,7 +327,7 @@ class FleetStrategy(Strategy):
         own = bits == self.cfg.quant.weight_bits
         qinfo = self.qinfo
         if not own and bits < 32 and qinfo is not None:
-            qinfo = qinfo.at_bits(bits)
+            qinfo = qinfo.at_bits(bits, self.cfg.quant.weight_bits)
         out = self.codec.decode(payload, self.current, qinfo)
         if not own:
             out.update({k: self.current[k] for k in out if is_quantizer_key(k)})

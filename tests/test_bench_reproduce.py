@@ -13,7 +13,7 @@ import pytest
 from simulations.analysis.stats import t_quantile_975
 from simulations.benchmarks import reproduce
 from simulations.benchmarks.reproduce_grid import BITS, CLAIMS, FRACTIONS, PROTOCOL, ROWS, TABLES, cell_overrides
-from simulations.benchmarks.reproduce_qcore import QCORE_ROWS
+from simulations.benchmarks.reproduce_qcore import QCORE_ROWS, QCORE_SCHEMA
 from simulations.benchmarks.reproduce_report import MIN_EFFECT, bottleneck_claim, judge, verdict
 
 
@@ -110,19 +110,23 @@ def test_quick_qcore_cells_write_their_records_and_verdicts(tmp_path: Path) -> N
     out, doc = tmp_path / "reproduce.json", tmp_path / "reproduction.md"
     results = reproduce.main(["--quick", "--tables", "qcore", "--cells", "qcore/w4/*", "--out", str(out),
                               "--doc", str(doc)])
-    # Assert: a record per row and seed, on one shared deployment per seed (same streams: 'none' rows agree
-    # with 'bfn' rows whenever the BFN flips nothing)
+    # Assert: a record per row and seed, on one shared deployment per seed (the same streams: a 'bfn' run that
+    # flips nothing scores exactly the 'none' run of its seed)
     saved = json.loads(out.read_text())
     for row in QCORE_ROWS:
         runs = saved["runs"][f"qcore/w4/drift/{row}"]
         assert sorted(runs) == ["0", "1", "2"], row
         for r in runs.values():
+            assert set(QCORE_SCHEMA) <= set(r)
             assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["codes_changed"] <= 1.0 and r["commit"]
             assert r["config"]["calibration"] == QCORE_ROWS[row][0] and r["config"]["quick"] is True
     assert all(r["flops_per_task"] == 0 for r in saved["runs"]["qcore/w4/drift/none"].values())
     assert all(r["codes_changed"] == 0 for r in saved["runs"]["qcore/w4/drift/none"].values())
+    for s, r in saved["runs"]["qcore/w4/drift/bfn"].items():
+        if r["codes_changed"] == 0:
+            assert r["accuracy"] == saved["runs"]["qcore/w4/drift/none"][s]["accuracy"]
     text = doc.read_text()
-    assert "### QCore" in text and "- W4: the BFN recovers" in text
+    assert "### QCore" in text and "- W4 (3 paired seeds): the BFN recovers" in text
     for claim in CLAIMS:
         if claim.key.endswith("-w4") and claim.key.startswith("qcore"):
             j = judge(results, claim)

@@ -165,3 +165,17 @@ def test_preflight_rejects_w8_layers_it_cannot_widen(overrides: dict, fragment: 
     with pytest.raises(ConfigError) as info:
         preflight(cfg)
     assert info.value.key == "quant.w8-layers" and fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("keep", ["none", "int8"])
+def test_the_server_decodes_a_narrower_device_at_the_widths_its_model_has(keep: str) -> None:
+    # A device whose hardware trains at 4 bits in a W2A2 run: its 8-bit layers (w8, keep-fp "int8") stay 8-bit, and
+    # the server's view of its widths (the global one moved to 4 bits) must be the device model's own.
+    from fleet.model.assembly import model_quant_info, trainable_model
+
+    cfg, _ = load_config(SCENARIO, {"quant.keep-fp": keep, "quant.w8-layers": "conv2"})
+    reference = build_model("cnn", (1, 8, 8), 10)
+    global_info = model_quant_info(trainable_model(cfg, reference, 2, 2))
+    device_info = model_quant_info(trainable_model(cfg, reference, 4, 4))
+    assert global_info.at_bits(4, 2).weights == device_info.weights
+    assert device_info.weights["conv2.weight"].bits == 8 and device_info.weights["conv3.weight"].bits == 4

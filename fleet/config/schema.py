@@ -297,7 +297,8 @@ class StreamConfig:
                                   ge=0)
     record_epochs: int = opt(10, "epochs of float training on the public split that record quantization misses",
                              ge=1)
-    code_lr: float = opt(0.01, "back-propagation Adam learning rate of the integer codes, in quantization steps",
+    code_lr: float = opt(0.01, "back-propagation learning rate of the integer codes (their optimiser's, see "
+                               "code-optimizer), in quantization steps",
                          gt=0)
     calibration_batch: int = opt(128, "back-propagation batch size on the core", ge=1)
     code_optimizer: str = opt("adam", "optimiser of the codes ('adam': every code moves about code-lr per step "

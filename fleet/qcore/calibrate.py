@@ -61,7 +61,7 @@ class CalibrationContext:
     lr : float
         Adam learning rate of biases and norm parameters (default: 0.01, the code's).
     code_lr : float
-        Adam learning rate of the latent codes, in quantization steps (default: 0.01;
+        Learning rate of the latent codes' optimiser, in quantization steps (default: 0.01;
         the code has no such parameter because its weights never move).
     batch_size : int
         BP batch size (default: 128; a 20-sample core is one full batch).
@@ -109,7 +109,9 @@ def backprop_calibrate(
     latents = [layer.latent for layer in layers.values() if layer.latent is not None]
     others = [] if ctx.codes_only else [p for n, p in model.named_parameters()
                                         if p.requires_grad and not n.endswith("latent")]
-    opts = [CODE_OPTIMIZERS[ctx.code_optimizer](latents, ctx.code_lr)]
+    opts: list[torch.optim.Optimizer] = []
+    if latents:
+        opts.append(CODE_OPTIMIZERS[ctx.code_optimizer](latents, ctx.code_lr))
     if others:
         opts.append(torch.optim.Adam(others, lr=ctx.lr))
     step = 0
@@ -128,6 +130,7 @@ def backprop_calibrate(
             step += 1
     for layer in layers.values():
         layer.commit_latent()
+    model.zero_grad(set_to_none=True)  # codes-only leaves gradients on biases and norms it never applies
     return 3 * ctx.forward_flops * ctx.epochs * len(y)
 
 

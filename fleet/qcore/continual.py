@@ -73,7 +73,7 @@ class ContinualConfig:
     lr : float
         BP Adam learning rate of biases/norm parameters (default: 0.01).
     code_lr : float
-        BP Adam learning rate of the latent codes, in steps (default: 0.01).
+        BP learning rate of the latent codes (``code_optimizer``'s), in steps (default: 0.01).
     batch_size : int
         BP batch size on the core (default: 128, the code's; a 20-sample core is one batch).
     codes_only : bool
@@ -197,7 +197,9 @@ def deploy(
     core : tuple of torch.Tensor
         The initial QCore ``(x, y)``.
     cfg : ContinualConfig
-        Uses ``epochs`` and ``lr`` (the on-device BP budget the BFN imitates).
+        Uses ``epochs``, ``lr``, ``code_lr``, ``batch_size``, ``codes_only`` and ``code_optimizer`` (the
+        on-device BP the BFN imitates); the initial calibration also uses ``lr`` and ``batch_size`` (a smaller
+        batch means more initial steps: 350 instead of 100 for a 200-sample core at batch 32).
     episodes : list of cores
         Extra ``(x, y)`` cores (e.g. simulated shifts of public data) on which BP runs
         from the deployed state to give the BFNs varied training pairs. The code's
@@ -217,14 +219,15 @@ def deploy(
     """
     model = copy.deepcopy(qmodel)
     ff = model_flops(model, tuple(core[0].shape[1:]), matmul_only=True)
-    backprop_calibrate(model, *core, CalibrationContext(ff, init_epochs, cfg.lr, init_code_lr, cfg.batch_size))
+    backprop_calibrate(model, *core, CalibrationContext(ff, epochs=init_epochs, lr=cfg.lr, code_lr=init_code_lr,
+                                                        batch_size=cfg.batch_size))
     if not with_bfns:
         return Deployment(model, core, None)
     bfns = BFNSet(model)
     bfns.set_reference(model, core[0])
     pairs: dict[str, list[FlipPair]] = {n: [] for n in bfns.names}
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only,
-                             code_optimizer=cfg.code_optimizer)
+    ctx = CalibrationContext(ff, epochs=cfg.epochs, lr=cfg.lr, code_lr=cfg.code_lr, batch_size=cfg.batch_size,
+                             codes_only=cfg.codes_only, code_optimizer=cfg.code_optimizer)
     for ex, ey in [core, *episodes]:
         for n, p in record_flip_pairs(copy.deepcopy(model), ex, ey, ctx, bfns).items():
             pairs[n].extend(p)
@@ -289,8 +292,8 @@ def run_device_stream(
         raise ValueError("stream.calibration: 'bfn' needs trained BFNs (deploy(with_bfns=True))")
     model = copy.deepcopy(model)
     ff = model_flops(model, tuple(x_train.shape[1:]), matmul_only=True)
-    ctx = CalibrationContext(ff, cfg.epochs, cfg.lr, cfg.code_lr, cfg.batch_size, cfg.codes_only, bfns,
-                             cfg.code_optimizer)
+    ctx = CalibrationContext(ff, epochs=cfg.epochs, lr=cfg.lr, code_lr=cfg.code_lr, batch_size=cfg.batch_size,
+                             codes_only=cfg.codes_only, bfns=bfns, code_optimizer=cfg.code_optimizer)
     policy = CORE_POLICY[cfg.calibration]
     out = []
     for t, (xt, yt) in enumerate(make_stream(x_train, y_train, cfg.tasks, cfg.drift, rng,

@@ -104,9 +104,12 @@ class QuantInfo:
     def __len__(self) -> int:
         return len(self.weights)
 
-    def at_bits(self, bits: int) -> QuantInfo:
-        """The same keys at another weight width (a device whose hardware trains narrower or wider)."""
-        return QuantInfo({k: QuantSpec(bits, s.step_key, s.signed) for k, s in self.weights.items()})
+    def at_bits(self, bits: int, from_bits: int) -> QuantInfo:
+        """The same keys with the layers at ``from_bits`` (the run's width) moved to ``bits`` (a device whose
+        hardware trains narrower or wider); layers at a width of their own (``quant.keep-fp = "int8"``,
+        ``quant.w8-layers``) keep it, as they do in that device's model."""
+        return QuantInfo({k: QuantSpec(bits if s.bits == from_bits else s.bits, s.step_key, s.signed)
+                          for k, s in self.weights.items()})
 
 
 def split_state(state: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:

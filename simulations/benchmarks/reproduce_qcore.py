@@ -8,7 +8,7 @@ QCore, quantized model and initial calibration, and the same streams: rows are p
 Setup (as ``simulations/benchmarks/qcore.py``, which runs the library's defaults over 50 devices): MNIST pooled to
 14x14, a public 10% that trains the float CNN while quantized copies record misses, the other 90% split over 50
 devices by Dirichlet(0.5) label proportions, of which the first ``DEVICES`` run; covariate drift (rotation,
-contrast, noise) growing to ``SEVERITY`` over ``TASKS`` stream batches.
+contrast, noise) growing to ``SETTING["severity"]`` over ``SETTING["tasks"]`` stream batches.
 
 The calibration setting (``SETTING``) is the study's answer to "at the library's default (20 samples, one batch of
 128, code lr 0.01, 10 epochs) back-propagation moves almost no code": a 200-sample core, batch 32, Adam at 0.03
@@ -34,7 +34,7 @@ from fleet.qcore.continual import ContinualConfig, Deployment, deploy, run_devic
 from simulations.benchmarks.common import git_commit
 from simulations.benchmarks.reproduce_grid import parse_cell
 
-__all__ = ["QCORE_ROWS", "SETTING", "qcore_flat", "run_qcore_cell"]
+__all__ = ["QCORE_ROWS", "QCORE_SCHEMA", "SETTING", "qcore_flat", "run_qcore_cell"]
 
 #: The calibration setting of the study (ContinualConfig fields).
 SETTING: dict[str, Any] = {"tasks": 10, "drift": "covariate", "severity": 0.5, "core_size": 200, "batch_size": 32,
@@ -50,6 +50,11 @@ QUICK: dict[str, Any] = {"tasks": 3, "core_size": 40, "epochs": 3, "recordings":
 _QUICK_SIZES = {"devices": 2, "split": 4, "min_samples": 60, "float_epochs": 3, "episodes": 2, "eval": 200,
                 "init_epochs": 5}
 
+#: Keys of one QCore run's record (the tests check them).
+QCORE_SCHEMA = ("accuracy", "accuracy_original", "accuracy_core", "codes_changed", "flops_per_task",
+                "flops_calibration_per_task", "calibration_s_per_task", "wall_s", "prepare_s", "per_device_accuracy",
+                "per_task_accuracy", "bfn_fit", "commit", "config")
+
 _prepared: dict[tuple[int, int, bool], tuple[Deployment, dict[str, Any]]] = {}
 
 
@@ -61,7 +66,8 @@ def qcore_flat(cell: str, seed: int, quick: bool = False) -> dict[str, Any]:
                                         "float_epochs": FLOAT_EPOCHS, "episodes": BFN_EPISODES, "eval": EVAL_TEST}
     return {**SETTING, **(QUICK if quick else {}), "bits": int(bits[1:]), "calibration": calibration,
             "codes_only": codes_only, "seed": seed, "quick": quick, "init_epochs": INIT_EPOCHS,
-            "dirichlet_alpha": DIRICHLET_ALPHA, **sizes}  # the quick sizes replace init_epochs
+            "dirichlet_alpha": DIRICHLET_ALPHA, **sizes,  # the quick sizes replace init_epochs
+            **({"bfn_init_seed": seed} if row == "bfn" else {})}  # the BFNs' initialisation is seeded
 
 
 def _data(quick: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,7 +115,9 @@ def _prepare(flat: dict[str, Any]) -> tuple[Deployment, dict[str, Any]]:
             int(rng.integers(cfg.tasks))]
         ex, ey, _ = update_core(qmodel, (xt[:0], yt[:0]), (xt, yt), rng, size=core_size, recordings=cfg.recordings)
         episodes.append((ex, ey))
-    dep = deploy(qmodel, qcore, replace(cfg, codes_only=True), episodes, gen, init_epochs=flat["init_epochs"])
+    with torch.random.fork_rng():  # the BFNs' initial weights come from torch's global generator: seed it
+        torch.manual_seed(seed)
+        dep = deploy(qmodel, qcore, replace(cfg, codes_only=True), episodes, gen, init_epochs=flat["init_epochs"])
     devices = [(x_priv[torch.from_numpy(p)], y_priv[torch.from_numpy(p)]) for p in parts[: flat["devices"]]]
     return dep, {"cores": {"qcore": qcore, "random": rcore}, "devices": devices,
                  "test": (x_test[eval_idx], y_test[eval_idx])}

@@ -10,13 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.config.scenario import ConfigError, ScenarioConfig, load_scenario_file, parse_config, parse_override
 from fleet.errors import RunFailed
 from fleet.hardware.catalogue import catalogue, device_profiles
 from fleet.hardware.flops import model_flops
 from fleet.model.architectures import build_model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fleet.data.splits import FleetData
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,36 @@ def load_config(scenario: str, overrides: Mapping[str, Any] | Sequence[str] = ()
     return parse_config(flat, name=path.stem), flat
 
 
+def _check_w8_layers(cfg: ScenarioConfig, model: nn.Module) -> None:
+    from fleet.model.assembly import trainable_model
+
+    if cfg.quant.w8_layers.strip():
+        if cfg.quant.weight_bits == 32:
+            raise ConfigError("quant.w8-layers", "needs quantized weights (quant.weight-bits < 32)")
+        trainable_model(cfg, model, cfg.quant.weight_bits, cfg.quant.act_bits)  # checks the names
+
+
+def _check_stream(cfg: ScenarioConfig, fd: FleetData) -> None:
+    """Every streaming device, and the public split, must hold at least the QCore."""
+    from fleet.qcore.device import continual_config
+
+    try:
+        ccfg = continual_config(cfg)
+        for rows in fd.train[: cfg.stream.devices or None]:
+            ccfg.check_local_data(len(rows))
+    except ValueError as exc:
+        raise ConfigError(*_split(str(exc), "stream")) from None
+    from simulations.run.continual import public_rows
+
+    if ccfg.core_size > (n_pub := len(public_rows(fd))):
+        raise ConfigError("stream.core-size", f"{ccfg.core_size} > the {n_pub} public samples the server draws "
+                                              "the QCore from (raise data.public-fraction)")
+
+
 def preflight(cfg: ScenarioConfig) -> list[str]:
     """Check what the config alone cannot (files, names, hardware); returns warnings."""
     from fleet.data.splits import fleet_data
-    from fleet.model.assembly import keep_fp_names, trainable_model
+    from fleet.model.assembly import keep_fp_names
     from fleet.model.reference import load_state_checked
     from fleet.quant.codecs import scenario_codec
     from fleet.train.losses import FeatureTaps, clc_layer_names
@@ -81,29 +112,14 @@ def preflight(cfg: ScenarioConfig) -> list[str]:
     if cfg.model.checkpoint:
         load_state_checked(model, cfg.model.checkpoint)
     keep_fp_names(cfg, model)
-    if cfg.quant.w8_layers.strip():
-        if cfg.quant.weight_bits == 32:
-            raise ConfigError("quant.w8-layers", "needs quantized weights (quant.weight-bits < 32)")
-        trainable_model(cfg, model, cfg.quant.weight_bits, cfg.quant.act_bits)  # checks the names
+    _check_w8_layers(cfg, model)
     if cfg.train.clc_beta != 0.0:
         try:
             FeatureTaps(model, clc_layer_names(cfg, model))
         except ValueError as exc:
             raise ConfigError("train.clc-layers", str(exc)) from None
     if cfg.stream.enabled:
-        from fleet.qcore.device import continual_config
-
-        try:
-            ccfg = continual_config(cfg)
-            for rows in fd.train[: cfg.stream.devices or None]:
-                ccfg.check_local_data(len(rows))
-        except ValueError as exc:
-            raise ConfigError(*_split(str(exc), "stream")) from None
-        from simulations.run.continual import public_rows
-
-        if ccfg.core_size > (n_pub := len(public_rows(fd))):
-            raise ConfigError("stream.core-size", f"{ccfg.core_size} > the {n_pub} public samples the server draws "
-                                                  "the QCore from (raise data.public-fraction)")
+        _check_stream(cfg, fd)
     warnings += _width_warnings(cfg, names)
     if cfg.devices.deadline_s > 0:
         flops = model_flops(model, ds.in_shape)
