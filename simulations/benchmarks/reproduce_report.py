@@ -121,14 +121,21 @@ def _cell_row(results: Mapping[str, Any], cell: str, baselines: dict[str, str]) 
     return f"| {bits} | {frac} | {row} | {_acc_text(accs)} | {len(accs)} | {' | '.join(vs)} | {wall} | {gflop} | {kd} |"
 
 
-def _table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str, ...]) -> list[str]:
+#: The rows a table's cells are compared with, seed by seed (default: random and ACS).
+_BASELINES = {"bottleneck": ("qgt-ptq-all",)}
+
+
+def _table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str, ...],
+           baselines: tuple[str, ...] = ("random", "acs")) -> list[str]:
     dataset = parse_cell(cells[0])[0]
+    names = {"random": "random", "acs": "ACS"}
+    vs = " | ".join(f"vs {names.get(b, b)} (paired)" for b in baselines)
     lines = [f"### {title} ({source})", "",
-             "| bits | fraction | row | accuracy % (mean ± 95%) | seeds | vs random (paired) | vs ACS (paired) | "
-             "wall s | GFLOP | KD : β·CLC |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| bits | fraction | row | accuracy % (mean ± 95%) | seeds | {vs} | wall s | GFLOP | KD : β·CLC |",
+             "|---|---|---|---|---|" + "---|" * len(baselines) + "---|---|---|"]
     for cell in cells:
         _, bits, frac, _ = parse_cell(cell)
-        base = {k: f"{dataset}/{bits}/{frac}/{k}" for k in ("random", "acs")}
+        base = {k: f"{dataset}/{bits}/{frac}/{k}" for k in baselines}
         lines.append(_cell_row(results, cell, base))
     return [*lines, ""]
 
@@ -235,7 +242,10 @@ def render(results: Mapping[str, Any], command: str) -> str:
              "size of effect; no correction is made for judging many claims at once.",
              *[f"- {d}" for d in DEVIATIONS], "", "## Tables", ""]
     for t in TABLES:
-        lines += (_qcore_table if t.key == "qcore" else _table)(results, t.title, t.source, t.cells)
+        if t.key == "qcore":
+            lines += _qcore_table(results, t.title, t.source, t.cells)
+        else:
+            lines += _table(results, t.title, t.source, t.cells, _BASELINES.get(t.key, ("random", "acs")))
         if t.key == "bottleneck":
             lines += _bottleneck_note(results)
     dynamic = bottleneck_claim(results)
