@@ -147,6 +147,14 @@ def _cells(args: argparse.Namespace) -> list[str]:
     return [c for c in cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)] if patterns else cells
 
 
+def _shown(path: Path) -> str:
+    """A data folder as the docs name it: beside the checkout (``../shared/...``) when it is there."""
+    try:
+        return str(Path("..") / path.resolve().relative_to(Path.cwd().resolve().parent))
+    except ValueError:
+        return str(path)
+
+
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
     quick = f"--quick overrides {QUICK} on: " if args.quick else ""
     return {"protocol": quick + "one device holding the whole training set; T = {} epochs, one Adam (lr {}), cosine "
@@ -156,8 +164,8 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
                             PROTOCOL["federation.rounds"], PROTOCOL["train.lr"], PROTOCOL["train.batch-size"],
                             PROTOCOL["coreset.reselect-every"]),
             "data": "digits (--quick)" if args.quick else
-                    f"MNIST (60,000 training samples: 1% = 600) from {args.root or SHARED_DATA / 'mnist'}; "
-                    f"CIFAR-10 (JPEG) from {SHARED_DATA / 'cifar10-jpeg'}",
+                    f"MNIST (60,000 training samples: 1% = 600) from {args.root or _shown(SHARED_DATA / 'mnist')}; "
+                    f"CIFAR-10 (JPEG) from {_shown(SHARED_DATA / 'cifar10-jpeg')}",
             "seeds": args.seeds, "note": f"budget {args.budget_min:g} min per invocation" if args.budget_min else ""}
 
 

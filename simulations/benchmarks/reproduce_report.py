@@ -230,7 +230,8 @@ def render(results: Mapping[str, Any], command: str) -> str:
              "## Protocol and budget", "",
              f"- {budget.get('protocol', '')}",
              f"- Data: {budget.get('data', '')}.",
-             f"- Seeds per cell: up to {budget.get('seeds', '?')}; {budget.get('note', '')}",
+             f"- Seeds per cell: up to {max((len(v) for v in results.get('runs', {}).values()), default=0)}; "
+             f"{budget.get('note', '')}",
              "- Accuracy: the deployed (integer-export) model on the whole test split after the last epoch. "
              "`vs random` / `vs ACS`: the mean paired difference over the seeds both cells ran, in points, "
              "with its 95% t interval. wall s: the run's wall time (without the float reference's pretraining, "
