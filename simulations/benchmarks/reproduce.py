@@ -149,10 +149,8 @@ def _cells(args: argparse.Namespace) -> list[str]:
 
 def _shown(path: Path) -> str:
     """A data folder as the docs name it: beside the checkout (``../shared/...``) when it is there."""
-    try:
-        return str(Path("..") / path.resolve().relative_to(Path.cwd().resolve().parent))
-    except ValueError:
-        return str(path)
+    beside = Path(__file__).resolve().parents[3]  # the folder holding the checkout
+    return str(Path("..") / path.relative_to(beside)) if path.is_relative_to(beside) else str(path)
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
