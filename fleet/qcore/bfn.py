@@ -108,9 +108,14 @@ class BFN(nn.Module):
         return cols + self.mix[0] * drift + self.mix[1] * codes.float() / self.code_norm
 
     @torch.no_grad()
+    def step(self, feats: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Step in {-1, 0, +1} (int8) from features: the real-valued output rounded, then clamped."""
+        return self(feats, codes).round().clamp(-1, 1).to(torch.int8)
+
+    @torch.no_grad()
     def delta(self, a: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Step in {-1, 0, +1} (int8), shaped like the weight: round then clamp."""
-        return self(self.features(a), codes).round().clamp(-1, 1).to(torch.int8)
+        """Step in {-1, 0, +1} (int8), shaped like the weight, from the layer's inputs on the core."""
+        return self.step(self.features(a), codes)
 
     def flops(self, a_shape: tuple[int, ...]) -> int:
         """Forward FLOPs of ``delta`` on inputs of ``a_shape`` (pooling + MLP + mix)."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fleet.hardware.flops import model_flops
-from fleet.qcore.bfn import BFNSet, FlipPair, fit_bfns
+from fleet.qcore.bfn import BFN, BFNSet, FlipPair, fit_bfns
 from fleet.qcore.calibrate import (
     CALIBRATIONS,
     CODE_OPTIMIZERS,
@@ -238,12 +238,12 @@ def deploy(
 
 
 @torch.no_grad()
-def _flip_shares(net: nn.Module, pairs: list[FlipPair]) -> dict[str, float]:
+def _flip_shares(net: BFN, pairs: list[FlipPair]) -> dict[str, float]:
     """Shares of non-zero targets and of flips the fitted BFN predicts, over a layer's training pairs."""
     targets = flips = total = 0
     for feats, codes, target in pairs:
         targets += int(target.ne(0).sum())
-        flips += int(net(feats, codes).round().clamp(-1, 1).ne(0).sum())
+        flips += int(net.step(feats, codes).ne(0).sum())
         total += target.numel()
     return {"targets_nonzero": targets / max(1, total), "flips_predicted": flips / max(1, total)}
 
