@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
 import shutil
 import sys
 import tempfile
@@ -67,9 +68,13 @@ def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> di
     first = devices[0] if devices else {}
     samples = sum(d.get("train_samples", 0) for d in devices)
     reference_s = (summary.get("startup_s") or {}).get("reference", 0.0)  # pretraining, when not cached
+    elapsed = dict(zip((r["round"] for r in rounds), itertools.accumulate(
+        (r.get("wall_s") or 0.0) if r["round"] > 0 else 0.0 for r in rounds), strict=True))
     return {"accuracy": summary.get("final_accuracy"), "fake_quant_accuracy": summary.get("fake_quant_accuracy"),
             "float_accuracy": summary.get("fp_reference_accuracy"),
-            "curve": [[r["round"], r["accuracy"], r.get("wall_s")] for r in rounds if r.get("accuracy") is not None],
+            # [round, accuracy, the round's wall s, wall s of rounds 1..round] at each evaluated round
+            "curve": [[r["round"], r["accuracy"], r.get("wall_s"), elapsed[r["round"]]] for r in rounds
+                      if r.get("accuracy") is not None],
             "wall_s": wall - reference_s, "reference_s": reference_s, "commit": git_commit(),
             "flops": _flops(cfg, devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
             "clc_beta": first.get("clc-beta"), "coreset_size": first.get("coreset_size"), "train_samples": samples,
