@@ -133,3 +133,53 @@ def test_quick_qcore_cells_write_their_records_and_verdicts(tmp_path: Path) -> N
             diffs = [saved["runs"][claim.better][s]["accuracy"] - saved["runs"][claim.against[0]][s]["accuracy"]
                      for s in ("0", "1", "2")]
             assert j["verdict"] == _by_hand(diffs), claim.key
+
+
+def test_federated_cells_are_the_learning_recipe_with_the_cells_selector() -> None:
+    from fleet.config.scenario import parse_config
+
+    acs, quarc = cell_overrides("mnist-fed/w2a2/1%/acs"), cell_overrides("mnist-fed/w4a4/10%/quarc")
+    assert acs["federation.num-devices"] == 100 and acs["data.alpha"] == 0.3 and acs["data.partition"] == "dirichlet"
+    assert acs["coreset.method"] == "acs" and "train.clc-beta" not in acs and acs["coreset.fraction"] == 0.01
+    assert quarc["train.clc-beta"] == "auto" and quarc["quant.weight-bits"] == 4
+    # the quick variant of a federated cell is a valid scenario of a small fleet
+    cfg = parse_config(reproduce.cell_flat("mnist-fed/w2a2/1%/quarc", 0, {}, quick=True), name="t")
+    assert cfg.federation.num_devices == reproduce.QUICK_FED["federation.num-devices"]
+    fed_claims = [c for c in CLAIMS if c.key.endswith("-federated")]
+    assert fed_claims and all(c.better.startswith("mnist-fed/") for c in fed_claims)
+
+
+def _timed(curve: list[tuple[int, float, float]]) -> dict[str, object]:
+    """A record whose curve is (round, accuracy, rounds' wall time so far)."""
+    return {"accuracy": curve[-1][1], "curve": [[r, a, 1.0, t] for r, a, t in curve]}
+
+
+@pytest.mark.parametrize(("quarc", "expected"), [
+    # QuaRC reaches full's accuracy less a point at epoch 10 in each seed, 100 s before full ends
+    ([[(10, 0.95, 50.0), (20, 0.96, 100.0)]] * 3, "reproduced"),
+    # ... only at its end, after full has ended: slower in each seed
+    ([[(10, 0.90, 100.0), (20, 0.95, 200.0)]] * 3, "not reproduced"),
+    # never within a point in two seeds of three
+    ([[(10, 0.90, 50.0)], [(10, 0.91, 50.0)], [(10, 0.95, 50.0)]], "not reproduced"),
+    # two seeds only
+    ([[(10, 0.95, 50.0)]] * 2, "inconclusive at this budget"),
+])
+def test_the_time_to_accuracy_verdict(quarc: list[list[tuple[int, float, float]]], expected: str) -> None:
+    from simulations.benchmarks.reproduce_cost import FULL, QUARC
+    from simulations.benchmarks.reproduce_report import judge_cost
+
+    # Prepare: full-data QAT ends at 95.5% after 150 s in every seed; its target is 94.5%
+    full = {str(s): _timed([(1, 0.94, 50.0), (3, 0.955, 150.0 + s)]) for s in range(3)}
+    runs = {FULL: full, QUARC: {str(s): _timed(c) for s, c in enumerate(quarc)}}
+    # Execute + Assert
+    assert judge_cost({"runs": runs})["verdict"] == expected
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from simulations.benchmarks import reproduce_cost, reproduce_report
+
+    for module in (reproduce_cost, reproduce_report):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -34,7 +34,14 @@ from simulations.benchmarks.common import (
     read_json,
     write_json,
 )
-from simulations.benchmarks.reproduce_grid import DATASETS, PROTOCOL, TABLES, cell_overrides, parse_cell
+from simulations.benchmarks.reproduce_grid import (
+    DATASETS,
+    MAIN_DATASETS,
+    PROTOCOL,
+    TABLES,
+    cell_overrides,
+    parse_cell,
+)
 from simulations.benchmarks.reproduce_report import render
 
 __all__ = ["SCHEMA", "main", "run_cell"]
@@ -50,6 +57,8 @@ QUICK: dict[str, Any] = {"data.dataset": "digits", "data.root": "", "federation.
 #: --quick: the two cells of the first claim, 3 seeds (enough for a verdict), in a few seconds each.
 QUICK_CELLS = ("mnist/w2a2/1%/acs", "mnist/w2a2/1%/quarc")
 QUICK_SEEDS = 3
+#: --quick on a federated cell: a small fleet, two devices a round.
+QUICK_FED: dict[str, Any] = {"federation.num-devices": 6, "federation.devices-per-round": 2, "train.local-epochs": 1}
 
 
 def _flops(cfg: Any, devices: list[dict[str, Any]]) -> float:
@@ -87,6 +96,8 @@ def cell_flat(cell: str, seed: int, data: dict[str, Any], quick: bool = False) -
     flat = {**cell_overrides(cell), **data, "federation.seed": seed, **(QUICK if quick else {})}
     if quick and parse_cell(cell)[3] == "full":
         flat["coreset.fraction"] = 1.0
+    if quick and parse_cell(cell)[0].endswith("-fed"):
+        flat.update(QUICK_FED)
     return flat
 
 
@@ -132,7 +143,7 @@ def _data_keys(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         return {}
     keys = dict(DATASETS[dataset])
-    if dataset == "mnist" and (args.dataset or args.root):
+    if dataset in MAIN_DATASETS and (args.dataset or args.root):
         keys = {"data.dataset": args.dataset or "npz", "data.root": args.root}
     elif not Path(keys["data.root"]).is_absolute():
         keys["data.root"] = str(SHARED_DATA / keys["data.root"])
@@ -205,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cells", default="", help="only the tables' cells matching these comma-separated patterns, "
                                                 "e.g. 'mnist/w4a4/*'")
     ap.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 5; --quick {QUICK_SEEDS})")
-    ap.add_argument("--dataset", default="", help="data.dataset of the main (MNIST) cells, for your own data")
+    ap.add_argument("--dataset", default="", help="data.dataset of the main (MNIST) cells and their federated "
+                                                  "versions, for your own data")
     ap.add_argument("--root", default="", help="data.root of the main cells (default: ../shared/data/mnist)")
     ap.add_argument("--budget-min", type=float, default=0.0, help="start no new run after this many minutes")
     ap.add_argument("--report-only", action="store_true", help="only write the doc from the JSON")
