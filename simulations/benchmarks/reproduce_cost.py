@@ -1,13 +1,14 @@
 """The cost table's claim: a QuaRC coreset run reaches full-data QAT's accuracy sooner than full-data QAT.
 
 QuaRC's timing (ALGORITHMS.md §1.8: full QAT 75.22 min for 68.72%, QuaRC at 30% 29.32 min for 67.18%) is asked
-here of the study's cells: the time QuaRC at 10% (W2A2) takes to reach the accuracy full-data QAT ends at, less
-``TARGET_GAP`` (one point), against the time full-data QAT takes, seed by seed. Both times are the wall time of
-the training rounds (round 1 to the round in question: the device's coreset scoring, teacher passes and training,
-the server's aggregation and evaluation), startup and export excluded for both. A run is evaluated every
-``federation.eval-every`` rounds, so QuaRC's time is that of its first *evaluated* round at or above the target:
-an upper bound. Accuracies are the curve's (the server's evaluation each round), the target the full run's last
-point of it.
+here of the study's cells: the time QuaRC at 10% (W2A2, the ``quarc-timed`` row: QuaRC evaluated every epoch) takes
+to reach the accuracy full-data QAT ends at, less ``TARGET_GAP`` (one point), against the time full-data QAT takes,
+seed by seed. Both times are the wall time of the training rounds (round 1 to the round in question: the device's
+coreset scoring, teacher passes and training, the server's aggregation and evaluation), startup and export
+excluded for both. A run's time to the target is that of its first evaluated round at or above it (to the epoch,
+as both rows evaluate every epoch). Accuracies are the curve's (the server's evaluation each round), the target
+the full run's last point of it. The table also gives full-data QAT's own time to the same target: the paper's
+contrast runs full QAT to its end, which a run stopped at the target would not.
 
 The verdict on these rows: :func:`simulations.benchmarks.reproduce_report.judge_cost`.
 """
@@ -21,7 +22,7 @@ from simulations.benchmarks.reproduce_grid import Claim
 
 __all__ = ["COST_CLAIM", "TARGET_GAP", "cost_lines", "time_to", "timing_rows"]
 
-QUARC, FULL = "mnist/w2a2/10%/quarc", "mnist/w2a2/1%/full"
+QUARC, FULL = "mnist/w2a2/10%/quarc-timed", "mnist/w2a2/1%/full"
 TARGET_GAP = 0.01
 COST_CLAIM = Claim("quarc-time-to-accuracy", "ALGORITHMS.md §1.8 (timing)",
                    f"QuaRC at 10% reaches full-data QAT's accuracy - {100 * TARGET_GAP:.0f} point sooner than "
@@ -58,7 +59,9 @@ def timing_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         target = fulls[-1][1] - TARGET_GAP
         reached = time_to(quarc[seed], target)
+        own = time_to(full[seed], target)
         rows.append({"seed": seed, "full_accuracy": fulls[-1][1], "target": target, "full_s": fulls[-1][3],
+                     "full_reach_s": own[1] if own else None,
                      "round": reached[0] if reached else None, "quarc_s": reached[1] if reached else None,
                      "quarc_final": fq[-1][1], "quarc_total_s": fq[-1][3]})
     return rows
@@ -66,14 +69,15 @@ def timing_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def cost_lines(results: Mapping[str, Any]) -> list[str]:
     """The per-seed time-to-accuracy table under the cost table."""
-    lines = ["Time to accuracy (rounds' wall time; QuaRC's is at its first evaluated round at or above the "
-             "target, an upper bound):", "",
-             "| seed | full QAT accuracy % | target % | full QAT s | QuaRC 10% reaches it at epoch | QuaRC s | "
-             "QuaRC final % (its s) |", "|---|---|---|---|---|---|---|"]
+    lines = ["Time to accuracy (`quarc-timed` against `full`: the rounds' wall time, to the first epoch at or above "
+             "the target; reproduce_cost.py):", "",
+             "| seed | full QAT accuracy % | target % | full QAT s | full QAT reaches the target at s | QuaRC 10% "
+             "reaches it at epoch | QuaRC s | QuaRC final % (its s) |", "|---|---|---|---|---|---|---|---|"]
     for r in timing_rows(results):
         at = (f"{r['round']} | {r['quarc_s']:.0f}" if r["round"] is not None else "never | –")
+        own = "–" if r["full_reach_s"] is None else f"{r['full_reach_s']:.0f}"
         lines.append(f"| {r['seed']} | {100 * r['full_accuracy']:.2f} | {100 * r['target']:.2f} | "
-                     f"{r['full_s']:.0f} | {at} | {100 * r['quarc_final']:.2f} ({r['quarc_total_s']:.0f}) |")
+                     f"{r['full_s']:.0f} | {own} | {at} | {100 * r['quarc_final']:.2f} ({r['quarc_total_s']:.0f}) |")
     if len(lines) == 4:
-        lines.append("| – | not run at this budget | | | | | |")
+        lines.append("| – | not run at this budget | | | | | | |")
     return [*lines, ""]
