@@ -183,3 +183,19 @@ def test_doctests() -> None:
     for module in (reproduce_cost, reproduce_report):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_cost_lines_show_each_seeds_time_and_the_evaluation_overhead() -> None:
+    from simulations.benchmarks.reproduce_cost import FULL, QUARC, cost_lines
+
+    # Prepare: seed 0 reaches full's accuracy less a point at epoch 10, seed 1 never does
+    full = {s: _timed([(1, 0.95, 50.0), (3, 0.955, 150.0)]) for s in ("0", "1")}
+    quarc = {"0": {**_timed([(10, 0.95, 80.0)]), "wall_s": 130.0}, "1": {**_timed([(10, 0.90, 80.0)]), "wall_s": 120.0}}
+    plain = {"0": {"wall_s": 100.0}, "1": {"wall_s": 100.0}}
+    runs = {FULL: full, QUARC: quarc, QUARC.replace("quarc-timed", "quarc"): plain}
+    # Execute
+    text = "\n".join(cost_lines({"runs": runs}))
+    # Assert: full reaches its own target after its first epoch; the overhead is the paired mean (30 + 20) / 2
+    assert "| 0 | 95.50 | 94.50 | 150 | 50 | 10 | 80 | 95.00 (80) |" in text
+    assert "| 1 | 95.50 | 94.50 | 150 | 50 | never | – |" in text
+    assert "25 s longer" in text
