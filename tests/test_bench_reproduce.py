@@ -199,3 +199,11 @@ def test_the_cost_lines_show_each_seeds_time_and_the_evaluation_overhead() -> No
     assert "| 0 | 95.50 | 94.50 | 150 | 50 | 10 | 80 | 95.00 (80) |" in text
     assert "| 1 | 95.50 | 94.50 | 150 | 50 | never | – |" in text
     assert "25 s longer" in text
+
+
+def test_a_cells_pattern_that_matches_nothing_is_a_one_line_error_that_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "reproduce.json"
+    with pytest.raises(SystemExit, match=r"--cells: 'mnist/w9a9/\*' matches no cell of the tables ablation"):
+        reproduce.main(["--tables", "ablation", "--cells", "mnist/w9a9/*", "--out", str(out),
+                        "--doc", str(tmp_path / "r.md")])
+    assert not out.exists() and not (tmp_path / "r.md").exists()

@@ -160,7 +160,13 @@ def _cells(args: argparse.Namespace) -> list[str]:
         raise SystemExit(f"--tables: unknown table {unknown[0]!r}; tables: {', '.join(known)}")
     cells = list(dict.fromkeys(c for t in wanted for c in known[t].cells))
     patterns = [p for p in args.cells.split(",") if p]
-    return [c for c in cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)] if patterns else cells
+    if not patterns:
+        return cells
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c, p) for c in cells)]
+    if unmatched:
+        raise SystemExit(f"--cells: {unmatched[0]!r} matches no cell of the tables {', '.join(wanted)} "
+                         f"(cells are named like {cells[0]!r})")
+    return [c for c in cells if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
 
 
 def _shown(path: Path) -> str:
