@@ -227,6 +227,7 @@ def _train(rnd: _Round, model: nn.Module, core: _Coreset, batch: int, max_steps:
     if result.opt_state is not None:
         new_state.update(result.opt_state)
     rep.train_samples, rep.teacher_passes, rep.loss = result.samples, result.teacher_passes, result.loss
+    rep.train_steps = result.steps
     if clc:
         rep.extra = dict(zip(P.CLC_EXTRAS, (result.kd_clc_ratio, result.beta), strict=True))
     return new_state

@@ -119,6 +119,7 @@ class DeviceReport:
     coreset_size: int = 0
     coreset_fraction: float = MISSING  # realized: coreset_size / local_size
     train_samples: int = 0
+    train_steps: int = 0  # optimizer steps, summed over local epochs
     scoring_passes: int = 0
     teacher_passes: int = 0
     accuracy: float = MISSING

@@ -72,6 +72,9 @@ def test_quick_run_writes_the_schema_and_judges_its_own_output(tmp_path: Path) -
         for r in runs.values():
             assert set(reproduce.SCHEMA) <= set(r)
             assert 0.0 <= r["accuracy"] <= 1.0 and r["steps"] > 0 and r["flops"] > 0 and r["wall_s"] > 0
+            # the steps the device took: one epoch a round, ceil(coreset / batch) steps an epoch
+            cfg = r["config"]
+            assert r["steps"] == cfg["federation.rounds"] * math.ceil(r["coreset_size"] / cfg["train.batch-size"])
     # ... and each verdict is the rule applied to the paired seeds, by hand.
     text = doc.read_text()
     for claim in CLAIMS:

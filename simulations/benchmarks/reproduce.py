@@ -87,7 +87,7 @@ def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> di
             "wall_s": wall - reference_s, "reference_s": reference_s, "commit": git_commit(),
             "flops": _flops(cfg, devices), "kd_clc_ratio": first.get("kd-clc-ratio"),
             "clc_beta": first.get("clc-beta"), "coreset_size": first.get("coreset_size"), "train_samples": samples,
-            "steps": sum(-(-d.get("train_samples", 0) // cfg.train.batch_size) for d in devices),
+            "steps": sum(d.get("train_steps", 0) for d in devices),
             "bottleneck": [row["layer"] for row in (read_json(run_dir / "qgt.json") or {}).get("layers", [])]}
 
 
