@@ -1,4 +1,4 @@
-"""The papers' claims, judged: a reproduction study of QuaRC and ACS on a single device.
+"""The papers' claims, judged: a reproduction study of QuaRC, ACS, QGT and QCore (single-device and federated).
 
     python -m simulations.benchmarks.reproduce                     # the whole grid, 5 seeds (resumable)
     python -m simulations.benchmarks.reproduce --budget-min 60     # start no new run after an hour
@@ -151,7 +151,7 @@ def _data_keys(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cells(args: argparse.Namespace) -> list[str]:
-    if args.quick and not args.tables:
+    if args.quick and not args.tables and not args.cells:
         return list(QUICK_CELLS)
     wanted = [t for t in args.tables.split(",") if t] or [t.key for t in TABLES]
     known = {t.key: t for t in TABLES}
@@ -182,7 +182,8 @@ def _budget(args: argparse.Namespace) -> dict[str, Any]:
                         "reference, BatchNorm re-estimated on the coreset; CLC rows: beta 'auto' (beta * L_CLC = "
                         "0.5 * L_KD on the first batch)".format(
                             PROTOCOL["federation.rounds"], PROTOCOL["train.lr"], PROTOCOL["train.batch-size"],
-                            PROTOCOL["coreset.reselect-every"]),
+                            PROTOCOL["coreset.reselect-every"]) + "; federated (`mnist-fed`) cells: the learning "
+                        "benchmark's federated recipe (the deviations below)",
             "data": "digits (--quick)" if args.quick else
                     f"MNIST (60,000 training samples: 1% = 600) from {args.root or _shown(SHARED_DATA / 'mnist')}; "
                     f"CIFAR-10 (JPEG) from {_shown(SHARED_DATA / 'cifar10-jpeg')}",
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seeds", type=int, default=None, help=f"seeds per cell (default 5; --quick {QUICK_SEEDS})")
     ap.add_argument("--dataset", default="", help="data.dataset of the main (MNIST) cells and their federated "
                                                   "versions, for your own data")
-    ap.add_argument("--root", default="", help="data.root of the main cells (default: ../shared/data/mnist)")
+    ap.add_argument("--root", default="", help="data.root of the main cells and their federated versions "
+                                               "(default: ../shared/data/mnist)")
     ap.add_argument("--budget-min", type=float, default=0.0, help="start no new run after this many minutes")
     ap.add_argument("--report-only", action="store_true", help="only write the doc from the JSON")
     ap.add_argument("--note", default=None, help="a sentence about the budget and the machine's load, kept in the "

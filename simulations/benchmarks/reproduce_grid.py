@@ -1,10 +1,11 @@
 """The reproduction study's grid: the papers' tables as cells, and the claims the cells decide.
 
-A *cell* is one single-device run of the papers' protocol (the learning benchmark's ``single-*`` recipe: one
-device holding the whole training set, the float reference trained on it, T = 30 epochs with one Adam and one
-cosine schedule, the coreset re-selected every R = 10 epochs, KD from the reference, BatchNorm re-estimated on
-the coreset) at one bit-width, fraction and *row* (selector, with or without CLC). On MNIST's 60,000 samples a
-1% cell trains on 600 samples for 30 x 10 = 300 optimizer steps (batch 64).
+A *cell* is one run: of the federated recipe for an ``mnist-fed`` cell (:data:`FEDERATED`), of a QCore calibration
+for a ``qcore`` cell (:mod:`reproduce_qcore`), and otherwise one single-device run of the papers' protocol (the
+learning benchmark's ``single-*`` recipe: one device holding the whole training set, the float reference trained on
+it, T = 30 epochs with one Adam and one cosine schedule, the coreset re-selected every R = 10 epochs, KD from the
+reference, BatchNorm re-estimated on the coreset) at one bit-width, fraction and *row* (selector, with or without
+CLC). On MNIST's 60,000 samples a 1% cell trains on 600 samples for 30 x 10 = 300 optimizer steps (batch 64).
 
 Cell names are ``<dataset>/<bits>/<fraction>/<row>``, e.g. ``mnist/w2a2/1%/quarc``. Tables list cells in the
 order the study runs them; a cell in several tables runs once.
@@ -78,7 +79,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                 "train.qgt-lambda": 100.0, "quant.keep-fp": "none", "quant.w8-layers": layer}
        for suffix, layer in (("", ""), *((f"+w8-{n}", n) for n in BOTTLENECK_LAYERS))},
 }
-#: dataset -> (data keys, model keys); ``--dataset``/``--root`` replace the first one's data keys.
+#: dataset -> its data keys (a relative root is a folder of ../shared/data); ``--dataset``/``--root`` replace those
+#: of :data:`MAIN_DATASETS`.
 DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"data.dataset": "npz", "data.root": "mnist"},
     "cifar10": {"data.dataset": "npz", "data.root": "cifar10-jpeg"},
@@ -182,9 +184,9 @@ def _c(bits: str, frac: str, row: str) -> str:
 
 def _federated(claim: Claim) -> Claim:
     """A single-device claim asked again of the federated cells."""
-    fed = (cell_name("mnist-fed", *parse_cell(c)[1:]) for c in (claim.better, *claim.against))
+    fed = [cell_name("mnist-fed", *parse_cell(c)[1:]) for c in (claim.better, *claim.against)]
     return Claim(f"{claim.key}-federated", "issue 13 (federated version of " + claim.key + ")",
-                 f"{claim.text}, federated (100 devices, Dirichlet 0.3)", next(fed), tuple(fed),
+                 f"{claim.text}, federated (100 devices, Dirichlet 0.3)", fed[0], tuple(fed[1:]),
                  "no number (the papers are single-device)")
 
 
