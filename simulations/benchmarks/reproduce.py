@@ -94,9 +94,10 @@ def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> di
 def cell_flat(cell: str, seed: int, data: dict[str, Any], quick: bool = False) -> dict[str, Any]:
     """The flat scenario of one (cell, seed)."""
     flat = {**cell_overrides(cell), **data, "federation.seed": seed, **(QUICK if quick else {})}
-    if quick and parse_cell(cell)[3] == "full":
+    dataset, _, _, row = parse_cell(cell)
+    if quick and row == "full":
         flat["coreset.fraction"] = 1.0
-    if quick and parse_cell(cell)[0].endswith("-fed"):
+    if quick and dataset.endswith("-fed"):
         flat.update(QUICK_FED)
     return flat
 

@@ -17,6 +17,7 @@ before full-data QAT itself does (the same question without full's arbitrary run
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,7 +111,7 @@ def _eval_overhead(results: Mapping[str, Any]) -> list[str]:
     if not seeds:
         return []
     mean, half = mean_ci95([timed[s]["wall_s"] - plain[s]["wall_s"] for s in seeds])
-    spread = "" if half != half else f" ± {half:.0f}"  # NaN with one seed
+    spread = "" if math.isnan(half) else f" ± {half:.0f}"  # NaN with one seed
     return [f"Evaluating every epoch changed QuaRC's run time by {mean:+.0f}{spread} s against the `quarc` row "
             f"(evaluated every 10th epoch; {len(seeds)} paired seeds). Its times to the target include their share "
             "of it, a bias against QuaRC; full-data QAT evaluates every epoch too.", ""]
