@@ -35,6 +35,7 @@ How ``fleet run`` is shrunk
 After the command's own arguments the test appends ``--set`` overrides, which win over the command's own (so
 scaling.md's 1000 devices become 50): ``federation.rounds=1``, ``federation.num-devices`` at most 50,
 ``federation.devices-per-round`` at most 2, ``model.pretrain-epochs`` at most 1, ``data.test-limit`` at most 500,
+``data.train-limit`` at most 3000 (MNIST's 60,000 would take minutes to pretrain on; digits has 1797),
 ``federation.device-eval-limit`` at most 200, the reference pretrained on the public split, ``ray.num-cpus=1``
 (without ``ray.address``), and for a ``[stream]`` phase 2 tasks, 1 record epoch, 1 device.
 It also appends ``--out <tmp>/...``, so nothing is written into the repository; a command that appears in
@@ -421,6 +422,7 @@ def _shrink(scenario: str, overrides: list[str]) -> list[str]:
         "federation.devices-per-round": min(fed.devices_per_round, 2, n),
         "model.pretrain-epochs": min(cfg.model.pretrain_epochs, 1),
         "data.test-limit": min(cfg.data.test_limit or 500, 500),
+        "data.train-limit": min(cfg.data.train_limit or 3000, 3000),
         "federation.device-eval-limit": min(fed.device_eval_limit or 200, 200),
     }
     if cfg.data.public_fraction > 0:

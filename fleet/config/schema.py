@@ -127,6 +127,8 @@ class DataConfig:
     public_fraction: float = opt(0.1, "share of the training set held out from devices for central pretraining",
                                  ge=0, lt=1)
     test_limit: int = opt(0, "central test samples per evaluation: a fixed random subset (0 = all)", ge=0)
+    train_limit: int = opt(0, "training samples the fleet uses: a fixed random subset of the training set, "
+                          "drawn before the public split and the partition (0 = all)", ge=0)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,17 @@ class FleetData:
         return label_histograms(self.dataset.y_train.numpy(), list(self.train), self.dataset.num_classes)
 
 
+def _train_pool(n: int, limit: int, seed: int) -> np.ndarray:
+    """``data.train-limit``: the training rows the fleet uses, a fixed random subset (every row when 0).
+
+    >>> _train_pool(5, 0, 0).tolist(), len(_train_pool(100, 10, 0)), _train_pool(4, 9, 0).tolist()
+    ([0, 1, 2, 3, 4], 10, [0, 1, 2, 3])
+    """
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 0x5EED]).choice(n, size=limit, replace=False))
+
+
 def _split_public(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Stratified public split: the same share of every class."""
     if fraction <= 0:
@@ -57,12 +68,13 @@ def _split_public(y: np.ndarray, fraction: float, rng: np.random.Generator) -> n
 @functools.lru_cache(maxsize=4)
 def _build(dataset: str, root: str, name: str, download: bool, part: str, num_devices: int, seed: int,
            alpha: float, shards: int, sigma: float, min_size: int, val_fraction: float,
-           public_fraction: float) -> FleetData:
+           public_fraction: float, train_limit: int) -> FleetData:
     ds = load_dataset(dataset, root, name, download, seed)
     y = ds.y_train.numpy()
     rng = np.random.default_rng([seed, 0xDA7A])
-    public = _split_public(y, public_fraction, rng)
-    private = np.setdiff1d(np.arange(len(y)), public)
+    pool = _train_pool(len(y), train_limit, seed)
+    public = pool[_split_public(y[pool], public_fraction, rng)]
+    private = np.setdiff1d(pool, public)
     parts = partition(part, y[private], num_devices, rng, alpha=alpha, min_size=min_size,
                       shards_per_device=shards, sigma=sigma)
     train, val = [], []
@@ -78,7 +90,8 @@ def _build(dataset: str, root: str, name: str, download: bool, part: str, num_de
 def _data_key(cfg: ScenarioConfig) -> tuple:
     d = cfg.data
     return (d.dataset, d.root, d.name, d.download, d.partition, cfg.federation.num_devices, cfg.federation.seed,
-            d.alpha, d.shards_per_device, d.quantity_sigma, d.min_partition_size, d.val_fraction, d.public_fraction)
+            d.alpha, d.shards_per_device, d.quantity_sigma, d.min_partition_size, d.val_fraction, d.public_fraction,
+            d.train_limit)
 
 
 def fleet_data(cfg: ScenarioConfig) -> FleetData:

@@ -81,7 +81,7 @@ def _recipe(cfg: ScenarioConfig) -> str:
         "v": 3, "dataset": d.dataset, "root": d.root, "name": d.name, "public": d.public_fraction,
         "seed": cfg.federation.seed, "arch": m.arch, "epochs": m.pretrain_epochs, "lr": m.pretrain_lr,
         "data": m.pretrain_data, "optimizer": m.pretrain_optimizer, "batch": m.pretrain_batch_size,
-        "augment": m.pretrain_augment,
+        "augment": m.pretrain_augment, **({"train_limit": d.train_limit} if d.train_limit else {}),
         # the whole training set depends on the partition only through public + val (what is left out)
         **({"devices": cfg.federation.num_devices, "partition": d.partition, "val": d.val_fraction,
             "alpha": d.alpha} if m.pretrain_data == "train" else {}),

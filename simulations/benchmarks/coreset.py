@@ -72,7 +72,7 @@ DATA: dict[str, dict[str, int]] = {  # pretraining set P, benchmark set B, refer
     "cifar10": {"n_pretrain": 5000, "n_bench": 2000, "pretrain_epochs": 8},
 }
 QUICK_BUDGETS: dict[str, dict[str, Any]] = {
-    "single/mnist14": {"epochs": 2, "reselect": 1, "test": 300, "seeds": 2},
+    "single/mnist14": {"epochs": 2, "reselect": 1, "test": 300, "seeds": 1},
     "fed/mnist14": {"epochs": 2, "reselect": 1, "test": 300, "seeds": 1, "devices": 20, "per_round": 3,
                     "rows": ["quarc+clc"], "bits": [4], "fractions": [0.1]},
 }
