@@ -47,12 +47,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from simulations.run import startup
+    from simulations.run.engine import engine_of
+    from simulations.run.local_engine import start_forkserver
     from simulations.run.progress import Progress
     from simulations.run.scenario import load_config, preflight, run_config
     from simulations.store.results import new_run_dir
 
     startup.mark("imports")
     cfg, _ = load_config(args.scenario, args.overrides)
+    if engine_of(cfg) == "local":
+        start_forkserver()  # the workers' imports overlap the preflight
     for w in preflight(cfg):
         print(f"warning: {w}", file=sys.stderr)
     run_dir = new_run_dir("runs", cfg.name, args.out or cfg.output.dir or None)

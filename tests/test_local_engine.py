@@ -40,7 +40,7 @@ def test_local_engine_gives_the_ray_engines_results(ray_run: tuple, tmp_path: Pa
 
 def test_a_hung_device_is_cut_at_the_round_timeout_and_its_worker_replaced(tmp_path: Path) -> None:
     flat = {**BASE, "federation.engine": "local", "federation.workers": 2, "faults.hang": 0.3,
-            "federation.round-timeout-s": 3.0, "federation.rounds": 3}
+            "federation.round-timeout-s": 5.0, "federation.rounds": 3}
     summary, rounds, devices = run_flat(flat, tmp_path / "run", "hang")
     hung = [d for d in devices if d.get("fault") == "hang"]
     assert hung, "the seed draws at least one hang"
@@ -77,3 +77,14 @@ def test_a_device_gets_its_cpu_share_as_threads_and_the_pool_fits_the_cpus(monke
     monkeypatch.setattr(local_engine.os, "cpu_count", lambda: 8)
     assert local_engine.workers_for(0) == 8 and local_engine.workers_for(0, 3) == 2
     assert local_engine.workers_for(0, 16) == 1 and local_engine.workers_for(5, 16) == 5  # asked for: as asked
+
+
+def test_a_worker_that_dies_during_start_up_is_a_one_line_error(tmp_path: Path) -> None:
+    from simulations.run.local_engine import PoolGrid
+
+    grid = PoolGrid({"data.dataset": "npz", "data.root": str(tmp_path / "missing")}, 2, 1, str(tmp_path / "log"))
+    try:
+        with pytest.raises(RuntimeError, match=r"worker 0 exited during start-up \(exit code 1\); see .*log"):
+            grid.send_and_receive([])
+    finally:
+        grid.close()

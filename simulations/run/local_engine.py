@@ -7,7 +7,8 @@ A Flower ``Grid`` delivers each message to the ClientApp of its node:
   (node ``n`` lives in worker ``n mod W``, with its Flower ``Context`` kept there across rounds, as Flower's
   simulation keeps one per node). A round's messages run in parallel across the workers; a worker whose
   device has not answered within the round timeout is stopped and replaced, and its devices' replies are
-  missing, as under Ray.
+  missing, as under Ray. The round timeout starts once every worker is up: a replacement's start-up (its
+  imports and ClientApp) is the simulator's cost, not the next round's devices'.
 
 Results equal the Ray engine's for the same seed: every device's randomness derives from the scenario and
 its instruction, not from the process it runs in, the server sorts replies by device, and the per-device
@@ -35,7 +36,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["LocalGrid", "PoolGrid", "server_identity", "simulate_local", "node_context", "deliver"]
+__all__ = ["LocalGrid", "PoolGrid", "server_identity", "simulate_local", "node_context", "deliver",
+           "start_forkserver"]
 
 
 @contextmanager
@@ -121,15 +123,19 @@ class LocalGrid(_Grid):
         return replies
 
 
-def _worker(flat: dict[str, Any], num_nodes: int, log_path: str, inbox: Any, outbox: Any) -> None:
-    """A worker process: its nodes' contexts, made as messages for them arrive; output into the run's log."""
+def _worker(flat: dict[str, Any], num_nodes: int, log_path: str, inbox: Any, outbox: Any, ready: Any) -> None:
+    """A worker process: its nodes' contexts, made as messages for them arrive; output into the run's log;
+    ``ready`` set once its ClientApp and the fleet's data are built."""
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-    from fleet.client_app import make_client_app
+    from fleet.client_app import config_from_run_config, make_client_app
+    from fleet.data.splits import fleet_data
 
     app = make_client_app(flat)
+    fleet_data(config_from_run_config(flat))  # the dataset and its partition: once per process, before any round
+    ready.set()
     contexts: dict[int, Context] = {}
     with server_identity():
         while (msg := inbox.get()) is not None:
@@ -138,37 +144,59 @@ def _worker(flat: dict[str, Any], num_nodes: int, log_path: str, inbox: Any, out
             outbox.put(deliver(app, ctx, msg))
 
 
+def start_forkserver() -> Any:
+    """The workers' fork server, started, as a multiprocessing context. It imports torch and flwr once and
+    forks every worker after (torch._dynamo too, which torch.optim imports on a device's first optimizer: about
+    1 s every worker would pay again). Starting returns at once, so ``fleet run`` calls this before its
+    preflight and the server's imports (about 5 s) overlap it; calling it again reuses the running server."""
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["fleet.client_app", "torch._dynamo"])
+    forkserver.ensure_running()
+    return ctx
+
+
 class PoolGrid(_Grid):
     """Every node's ClientApp in one of ``workers`` processes (module docstring); :meth:`close` stops them."""
 
     def __init__(self, flat: dict[str, Any], num_nodes: int, workers: int, log_path: str = "") -> None:
         super().__init__(num_nodes)
         self.flat, self.log_path = flat, log_path
-        self.mp = mp.get_context("forkserver")
-        # torch and flwr imported once, forked after; torch._dynamo too, which torch.optim imports on a device's
-        # first optimizer (about 1 s that every worker would pay again)
-        self.mp.set_forkserver_preload(["fleet.client_app", "torch._dynamo"])
+        self.mp = start_forkserver()
         self.outbox = self.mp.Queue()
         self.procs: list[Any] = []
         self.inboxes: list[Any] = []
+        self.ready: list[Any] = []
         for _ in range(max(1, min(workers, num_nodes))):
             self._spawn()
 
     def _spawn(self, slot: int | None = None) -> None:
-        inbox = self.mp.Queue()
-        proc = self.mp.Process(target=_worker, args=(self.flat, self.num_nodes, self.log_path, inbox, self.outbox),
-                               daemon=True)
+        inbox, ready = self.mp.Queue(), self.mp.Event()
+        proc = self.mp.Process(target=_worker, daemon=True,
+                               args=(self.flat, self.num_nodes, self.log_path, inbox, self.outbox, ready))
         proc.start()
         if slot is None:
             self.procs.append(proc)
             self.inboxes.append(inbox)
+            self.ready.append(ready)
         else:
-            self.procs[slot], self.inboxes[slot] = proc, inbox
+            self.procs[slot], self.inboxes[slot], self.ready[slot] = proc, inbox, ready
+
+    def _wait_ready(self) -> None:
+        """Block until every worker is up (:func:`_worker`); a worker that dies first is an error."""
+        for slot, (proc, ready) in enumerate(zip(self.procs, self.ready)):
+            while not ready.wait(0.2):
+                if not proc.is_alive():
+                    where = f"; see {self.log_path}" if self.log_path else ""
+                    raise RuntimeError(f"local engine worker {slot} exited during start-up "
+                                       f"(exit code {proc.exitcode}){where}")
 
     def _slot(self, node_id: int) -> int:
         return (node_id - 1) % len(self.procs)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        self._wait_ready()
         waiting: dict[str, int] = {}
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = mid = str(uuid.uuid4())
@@ -202,7 +230,7 @@ class PoolGrid(_Grid):
                 proc.kill()
         for q in [*self.inboxes, self.outbox]:
             _abandon(q)
-        self.procs, self.inboxes = [], []
+        self.procs, self.inboxes, self.ready = [], [], []
 
 
 def _abandon(q: Any) -> None:

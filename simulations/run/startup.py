@@ -9,7 +9,8 @@ the process's start, so it holds the interpreter, the imports and the command li
 - ``data``: loading and partitioning the dataset;
 - ``reference``: the float reference (from the cache, or pretrained) and its test accuracy;
 - ``global_model``: the quantized starting model (step sizes, BatchNorm statistics on public data);
-- ``roster``: the roster query to every node (it waits for the workers' own imports);
+- ``roster``: the roster query to every node (it waits for the workers to be up: their imports; on the local
+  engine also the fleet's data, built in every worker before its first round);
 - ``initial_evaluation``: the starting model's central evaluation (round 0).
 
 Measured with ``time.perf_counter``; the process's start comes from ``/proc/self/stat`` (to 10 ms). Under
