@@ -8,7 +8,7 @@ A Flower ``Grid`` delivers each message to the ClientApp of its node:
   simulation keeps one per node). A round's messages run in parallel across the workers; a worker whose
   device has not answered within the round timeout is stopped and replaced, and its devices' replies are
   missing, as under Ray. The round timeout starts once every worker is up: a replacement's start-up (its
-  imports and ClientApp) is the simulator's cost, not the next round's devices'.
+  ClientApp and the fleet's data) is the simulator's cost, not the next round's devices'.
 
 Results equal the Ray engine's for the same seed: every device's randomness derives from the scenario and
 its instruction, not from the process it runs in, the server sorts replies by device, and the per-device
