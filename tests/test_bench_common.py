@@ -65,6 +65,8 @@ def test_over_budget_predicts_the_next_run() -> None:
     # Execute / Assert: one run of 60 s would end near 120 s; with no run only the time spent counts
     assert common.over_budget(start, 100, runs=1)
     assert not common.over_budget(start, 100, runs=0) and not common.over_budget(start, 200, runs=1)
+    # a known duration of the next run (its cell's earlier records) replaces the mean of this invocation's runs
+    assert not common.over_budget(start, 100, runs=1, next_s=30) and common.over_budget(start, 100, next_s=50)
 
 
 def test_ci_text_skips_missing_values() -> None:

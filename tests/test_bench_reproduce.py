@@ -225,3 +225,12 @@ def test_a_cells_pattern_that_matches_nothing_is_a_one_line_error_that_writes_no
         reproduce.main(["--tables", "ablation", "--cells", "mnist/w9a9/*", "--out", str(out),
                         "--doc", str(tmp_path / "r.md")])
     assert not out.exists() and not (tmp_path / "r.md").exists()
+
+
+def test_the_budget_expects_a_cells_own_recorded_time() -> None:
+    # Prepare: a cell with three recorded seeds (one without a wall time) and a cell never run
+    runs = {"0": {"wall_s": 500.0}, "1": {"wall_s": 530.0}, "2": {"wall_s": 900.0}, "3": {"accuracy": None}}
+
+    # Execute / Assert: the median of the recorded times; none for a cell without records
+    assert reproduce._expected_s(runs) == 530.0
+    assert reproduce._expected_s({}) is None

@@ -140,11 +140,12 @@ def run_scenario(cfg: Any, run_dir: Path) -> tuple[dict[str, Any], float]:
     return summary, time.perf_counter() - t0
 
 
-def over_budget(start: float, budget_s: float, runs: int = 0) -> bool:
+def over_budget(start: float, budget_s: float, runs: int = 0, next_s: float | None = None) -> bool:
     """Whether a new run would pass ``budget_s`` seconds since ``start`` (a ``time.perf_counter()``).
 
-    With ``runs`` finished since ``start``, the new run is expected to take their mean time; with
-    ``runs = 0`` only the time already spent counts.
+    The new run is expected to take ``next_s`` seconds when the caller knows (earlier records of the
+    same cell), else the mean time of the ``runs`` finished since ``start``; with neither, only the
+    time already spent counts.
 
     Examples
     --------
@@ -152,9 +153,12 @@ def over_budget(start: float, budget_s: float, runs: int = 0) -> bool:
     True
     >>> over_budget(time.perf_counter() - 60, 100)
     False
+    >>> over_budget(time.perf_counter() - 60, 100, runs=1, next_s=30)  # this cell's runs took 30 s
+    False
     """
     elapsed = time.perf_counter() - start
-    return elapsed + (elapsed / runs if runs else 0.0) > budget_s
+    expected = next_s if next_s is not None else (elapsed / runs if runs else 0.0)
+    return elapsed + expected > budget_s
 
 
 def ci_text(values: Iterable[float | None], digits: int = 1, empty: str = "–") -> str:
