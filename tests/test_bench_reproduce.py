@@ -3,6 +3,7 @@ follow the stated rule on its own output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -234,3 +235,18 @@ def test_the_budget_expects_a_cells_own_recorded_time() -> None:
     # Execute / Assert: the median of the recorded times; none for a cell without records
     assert reproduce._expected_s(runs) == 530.0
     assert reproduce._expected_s({}) is None
+
+
+def test_a_record_names_the_shared_data_so_it_resumes_from_another_checkout(tmp_path: Path) -> None:
+    # Prepare: a cell's flat scenario as this checkout builds it, and one reading the user's own folder
+    args = argparse.Namespace(quick=False, dataset="", root="")
+    flat = reproduce._flat("mnist/w2a2/1%/acs", 0, args)
+    own = {**flat, "data.root": str(tmp_path)}
+
+    # Execute: the records as a run stores them
+    stored, stored_own = reproduce.portable(flat), reproduce.portable(own)
+
+    # Assert: the shared folder is named relative to EDGEFLEET_SHARED_DATA, the user's folder stays absolute;
+    # a record matches its own cell only
+    assert stored["data.root"] == "$EDGEFLEET_SHARED_DATA/mnist" and stored_own["data.root"] == str(tmp_path.resolve())
+    assert reproduce._same(stored, flat) and reproduce._same(stored_own, own) and not reproduce._same(stored, own)

@@ -103,13 +103,28 @@ def cell_flat(cell: str, seed: int, data: dict[str, Any], quick: bool = False) -
     return flat
 
 
+#: How a record names a data folder under :data:`SHARED_DATA`: the study's JSON is read on other machines
+#: and in other checkouts, where the shared data lies elsewhere.
+SHARED_TOKEN = "$EDGEFLEET_SHARED_DATA"
+
+
+def portable(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` as a record keeps it: a data.root under :data:`SHARED_DATA` relative to it, any other resolved.
+
+    >>> portable({"data.root": str(SHARED_DATA / "mnist")})["data.root"]
+    '$EDGEFLEET_SHARED_DATA/mnist'
+    """
+    root = flat.get("data.root")
+    if not root or root.startswith(SHARED_TOKEN):
+        return flat
+    path, shared = Path(root).resolve(), SHARED_DATA.resolve()
+    shown = f"{SHARED_TOKEN}/{path.relative_to(shared).as_posix()}" if path.is_relative_to(shared) else str(path)
+    return {**flat, "data.root": shown}
+
+
 def _same(stored: dict[str, Any] | None, flat: dict[str, Any]) -> bool:
     """Whether a stored run's config is this cell's (data.root compared as the folder it names)."""
-    def norm(d: dict[str, Any]) -> dict[str, Any]:
-        root = d.get("data.root")
-        return {**d, "data.root": str(Path(root).resolve())} if root else d
-
-    return stored is not None and norm(stored) == norm(flat)
+    return stored is not None and portable(stored) == portable(flat)
 
 
 def _flat(cell: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -138,7 +153,7 @@ def run_cell(cell: str, seed: int, data: dict[str, Any], work: Path, quick: bool
     cfg = parse_config(flat, name="reproduce")
     run_dir = work / f"{cell.replace('/', '_').replace('%', 'pct')}-{seed}"
     summary, wall = run_scenario(cfg, run_dir)
-    return {**_record(cfg, summary, run_dir, wall), "config": flat}
+    return {**_record(cfg, summary, run_dir, wall), "config": portable(flat)}
 
 
 def _data_keys(dataset: str, args: argparse.Namespace) -> dict[str, Any]:
