@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                   "versions, for your own data")
     ap.add_argument("--root", default="", help="data.root of the main cells and their federated versions "
                                                "(default: ../shared/data/mnist)")
-    ap.add_argument("--budget-min", type=float, default=0.0, help="start no new run after this many minutes")
+    ap.add_argument("--budget-min", type=float, default=0.0, help="start no run expected to end after this many "
+                    "minutes (a cell's recorded seeds give its expected time)")
     ap.add_argument("--report-only", action="store_true", help="only write the doc from the JSON")
     ap.add_argument("--note", default=None, help="a sentence about the budget and the machine's load, kept in the "
                                                  "JSON and printed with the budget")
