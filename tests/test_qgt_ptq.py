@@ -2,7 +2,8 @@
 
 Tiny seeded MLPs quantized by surgery (``keep_fp=[]``: every layer quantized) and a handful of samples; one
 device-round on the embedded digits data for the pipeline (codec, state keys, export). Expected grids are
-written out here from the documented rule (``s = 2 mean|w| / sqrt(Qp)``), not taken from the library.
+written out here from the documented rules (``mse``: the least squared rounding error over the steps
+``k/100 * max|w| / Qp``; ``lsq-init``: ``s = 2 mean|w| / sqrt(Qp)``), not taken from the library.
 """
 
 from __future__ import annotations
@@ -70,11 +71,27 @@ def _train(model: nn.Module, tc: TrainConfig, bits: int = 2) -> None:
     train_local(model, x, y, tc, gen=torch.Generator().manual_seed(1), qgt_bits=bits)
 
 
-def _rtn(w: torch.Tensor, bits: int, per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _best_step(rows: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Per row of ``rows``: the step k/100 * max|row| / qmax (k = 1..100) with the least squared rounding error,
+    the larger on a tie."""
+    out = []
+    for row in rows:
+        candidates = [k / 100 * float(row.abs().max()) / qmax for k in range(100, 0, -1)]
+        errors = [float((s * torch.clamp(torch.round(row / s), qmin, qmax) - row).pow(2).mean()) for s in candidates]
+        out.append(candidates[errors.index(min(errors))])
+    return torch.tensor(out)
+
+
+def _rtn(w: torch.Tensor, bits: int, per_channel: bool = False,
+         rule: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
     """(step, round-to-nearest of ``w``) by the documented rule, signed grid at ``bits``."""
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    mean_abs = w.abs().mean(dim=1, keepdim=True) if per_channel else w.abs().mean()
-    s = 2 * mean_abs / math.sqrt(qmax)
+    if rule == "lsq-init":
+        mean_abs = w.abs().mean(dim=1, keepdim=True) if per_channel else w.abs().mean()
+        s = 2 * mean_abs / math.sqrt(qmax)
+    else:
+        s = _best_step(w.flatten(1) if per_channel else w.reshape(1, -1), qmin, qmax)
+        s = s.reshape(-1, 1) if per_channel else s.reshape(())
     return s, s * torch.clamp(torch.round(w / s), qmin, qmax)
 
 
@@ -128,32 +145,49 @@ def test_ptq_step_is_plain_float_sgd_and_steps_get_no_gradient() -> None:
 
 # -- round-to-nearest -----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("rule", ["mse", "lsq-init"])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_final_model_is_round_to_nearest_of_the_trained_float_weights(per_channel: bool) -> None:
+def test_final_model_is_round_to_nearest_of_the_trained_float_weights(per_channel: bool, rule: str) -> None:
     q = _quantized(bits=2, per_channel=per_channel)
-    _train(q, _tc("ptq", lam=10.0))
+    _train(q, _tc("ptq", lam=10.0, **{"train.ptq-step": rule}))
     q.eval()
     x = _data(seed=3)[0]
     h = x
     for name in ("0", "2"):
         layer, quant = _qlinear(q, name)
-        s, wq = _rtn(layer.weight.detach(), 2, per_channel)
-        assert torch.allclose(quant.step.detach().reshape(s.shape), s)
+        s, wq = _rtn(layer.weight.detach(), 2, per_channel, rule)
+        assert torch.allclose(quant.step.detach().reshape(s.shape), s, rtol=1e-5)
         assert quant.initialized.item() == 1
         h = F.linear(h, wq, layer.bias)
         h = F.relu(h) if name == "0" else h
     assert torch.allclose(q(x), h, atol=1e-6)
 
 
-def test_activation_steps_are_calibrated_on_the_first_training_samples() -> None:
-    # First layer's input is the data itself: signed 4-bit (Qp = 7), step 2 mean|x| / sqrt(7) over x[:256].
+@pytest.mark.parametrize("rule", ["mse", "lsq-init"])
+def test_activation_steps_are_calibrated_on_the_first_training_samples(rule: str) -> None:
+    # First layer's input is the data itself: signed 4-bit (-8..7), over x[:256].
+    q = _quantized(bits=2, act_bits=4)
+    _train(q, _tc("ptq", **{"train.ptq-step": rule}))
+    x, _ = _data()
+    expected = 2 * x.abs().mean() / math.sqrt(7) if rule == "lsq-init" else _best_step(x.reshape(1, -1), -8, 7)[0]
+    act = _qlinear(q, "0")[0].act_quant
+    assert isinstance(act, quantizers.LsqQuantizer)
+    assert act.step.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_later_activation_step_is_calibrated_on_its_quantized_input() -> None:
+    # The second layer's input is the ReLU of the first layer's output with the first layer's weights and input
+    # already rounded: unsigned 4-bit (0..15).
     q = _quantized(bits=2, act_bits=4)
     _train(q, _tc("ptq"))
     x, _ = _data()
-    expected = 2 * x.abs().mean() / math.sqrt(7)
-    act = _qlinear(q, "0")[0].act_quant
-    assert isinstance(act, quantizers.LsqQuantizer)
-    assert act.step.item() == pytest.approx(expected.item(), rel=1e-6)
+    first, second = _qlinear(q, "0")[0], _qlinear(q, "2")[0]
+    assert isinstance(first.act_quant, quantizers.LsqQuantizer) and isinstance(second.act_quant,
+                                                                              quantizers.LsqQuantizer)
+    q.eval()
+    with torch.no_grad():
+        h = F.relu(F.linear(first.act_quant(x), first.weight_quant(first.weight), first.bias))
+    assert second.act_quant.step.item() == pytest.approx(_best_step(h.reshape(1, -1), 0, 15)[0].item(), rel=1e-5)
 
 
 def test_the_regulariser_pulls_weights_toward_the_rounding_grid() -> None:
@@ -172,17 +206,18 @@ def test_the_regulariser_pulls_weights_toward_the_rounding_grid() -> None:
     assert max(on) < 0.1 * min(off)
 
 
-def test_ptq_grid_ignores_the_stale_lsq_step() -> None:
-    # The layer's LSQ step is a placeholder 123; in ptq mode the grid is 2 mean|w| / sqrt(Qp) of its weights.
+@pytest.mark.parametrize("rule", ["mse", "lsq-init"])
+def test_ptq_grid_ignores_the_stale_lsq_step(rule: str) -> None:
+    # The layer's LSQ step is a placeholder 123; in ptq mode the grid is the rule's step of its weights.
     for per_channel in (False, True):
         layer, wq = _qlinear(_quantized(bits=3, per_channel=per_channel), "0")
         with torch.no_grad():
             wq.step.fill_(123.0)
         wq.initialized.fill_(1)
-        step, qmin, qmax = layer_grid(layer, 3, ptq=True)
-        s, _ = _rtn(layer.weight.detach(), 3, per_channel)
+        step, qmin, qmax = layer_grid(layer, 3, ptq_step=rule)
+        s, _ = _rtn(layer.weight.detach(), 3, per_channel, rule)
         assert (qmin, qmax) == (-4, 3)
-        assert torch.allclose(step.reshape(s.shape), s)
+        assert torch.allclose(step.reshape(s.shape), s, rtol=1e-5)
         assert bool((layer_grid(layer, 3)[0] == 123.0).all())  # qat: the layer's own step
 
 
@@ -283,7 +318,7 @@ def test_a_ptq_device_round_feeds_the_rest_of_the_pipeline(device_fleet: tuple[n
         step = wq.step.detach()
         assert not np.array_equal(decoded[f"{name}.weight_quant.step"], glob[f"{name}.weight_quant.step"])
         if codec == "fp32":  # latent float weights: the rule holds on them exactly
-            assert torch.allclose(step, _rtn(layer.weight.detach(), 4)[0].reshape(step.shape))
+            assert torch.allclose(step, _rtn(layer.weight.detach(), 4)[0].reshape(step.shape), rtol=1e-5)
         else:  # codes on that grid: the weights are already round-to-nearest
             assert torch.allclose(wq(layer.weight.detach()), layer.weight.detach(), atol=1e-6)
 

@@ -208,6 +208,10 @@ class TrainConfig:
     qgt_mode: str = opt("qat", "how QGT trains: 'qat' = its regulariser on top of fake-quant QAT (LSQ, STE); 'ptq' "
                         "= QGT's own mode: train in float with the regulariser, then round to nearest at "
                         "quant.weight-bits (docs/methods.md)", choices=Registry("fleet.train.qgt", "QGT_MODES"))
+    ptq_step: str = opt("mse", "how round-to-nearest (train.qgt-mode = 'ptq') sets each step: 'mse' = the step "
+                        "minimising the tensor's squared rounding error (weights; each activation on calibration "
+                        "samples); 'lsq-init' = LSQ's initial 2 mean|x|/sqrt(Qp) (docs/methods.md)",
+                        choices=Registry("fleet.quant.clipping", "PTQ_STEPS"))
 
     def __post_init__(self) -> None:
         b = self.clc_beta

@@ -9,11 +9,12 @@ aggregation, evaluation and export are the same as in QAT; only *when* the quant
 - :func:`float_training` turns every LSQ quantizer into the identity while a training job runs:
   the forward is the float model's, gradients reach the latent weights directly (no rounding, no
   straight-through estimator) and step sizes get none.
-- :func:`round_to_nearest` then sets each weight step from the trained weights with LSQ's initial
-  rule ``2 mean|w| / sqrt(Qp)`` (per channel when the layer is per-channel); the eval forward is then
+- :func:`round_to_nearest` then sets each weight step from the trained weights by a rule of
+  :data:`fleet.quant.clipping.PTQ_STEPS` (``train.ptq-step``; default ``mse``, the step minimising the squared
+  rounding error, per channel when the layer is per-channel); the eval forward is then
   ``q(w) = s * clamp(round(w / s), qmin, qmax)``, round-to-nearest of the float weights.
-- :func:`calibrate_activations` sets the activation steps the same way, from one forward on a few
-  training samples (activations are not part of QGT; the rule is the one the server's initial model uses).
+- :func:`calibrate_activations` sets the activation steps by the same rule, from one forward on a few
+  training samples, each on its input as quantized by the layers before it (activations are not part of QGT).
 
 Examples
 --------
@@ -25,6 +26,9 @@ Examples
 True
 >>> round_to_nearest(q)
 >>> w, s = q.weight.detach(), q.weight_quant.step.detach()
+>>> from fleet.quant.clipping import mse_step
+>>> torch.equal(s, mse_step(w, -2, 1))
+True
 >>> torch.equal(q.eval().weight_quant(w), s * torch.clamp(torch.round(w / s), -2, 1))
 True
 """
@@ -37,6 +41,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from fleet.quant.clipping import rtn_step
 from fleet.quant.convert import init_quantizers, quant_layers
 from fleet.quant.quantizers import LsqQuantizer
 
@@ -74,8 +79,8 @@ def float_training(model: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 @torch.no_grad()
-def round_to_nearest(model: nn.Module) -> None:
-    """Set every LSQ weight step from its layer's current weights (``2 mean|w| / sqrt(Qp)``), marked initialised.
+def round_to_nearest(model: nn.Module, rule: str = "mse") -> None:
+    """Set every LSQ weight step from its layer's current weights by ``rule`` (:func:`rtn_step`), marked initialised.
 
     The latent float weights are kept: the layer's forward rounds them to nearest on that grid, and the
     codecs and the export read the same weights and steps as after QAT.
@@ -83,22 +88,34 @@ def round_to_nearest(model: nn.Module) -> None:
     for layer in quant_layers(model).values():
         wq = layer.weight_quant
         if isinstance(wq, LsqQuantizer):
-            wq.init_step(layer.weight)
+            wq.step.copy_(rtn_step(wq, layer.weight, rule))
+            wq.initialized.fill_(1)
 
 
 @torch.no_grad()
-def calibrate_activations(model: nn.Module, x: torch.Tensor) -> None:
-    """Re-initialise every LSQ activation step from one training-mode forward on ``x`` (weights as they are)."""
+def calibrate_activations(model: nn.Module, x: torch.Tensor, rule: str = "mse") -> None:
+    """Re-set every LSQ activation step by ``rule`` from one training-mode forward on ``x`` (weights as they
+    are; BatchNorm statistics restored): each quantizer sees its input as the quantized layers before it make it."""
     acts = [q for q in _quantizers(model) if not q.is_weight]
     if not acts or len(x) == 0:
         return
+
+    def set_step(q: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        assert isinstance(q, LsqQuantizer)
+        q.step.copy_(rtn_step(q, args[0], rule))
+        q.initialized.fill_(1)
+
     for q in acts:
         q.initialized.fill_(0)
-    init_quantizers(model, x)  # the weight quantizers are initialised: only the activation steps change
+    hooks = [q.register_forward_pre_hook(set_step) for q in acts]
+    try:
+        init_quantizers(model, x)  # the weight quantizers are initialised: only the activation steps change
+    finally:
+        for h in hooks:
+            h.remove()
 
 
-def post_training_quantize(model: nn.Module, x: torch.Tensor) -> None:
-    """:func:`round_to_nearest`, then :func:`calibrate_activations` on ``x`` (so later layers' activation
-    steps see the quantized earlier layers, as at inference)."""
-    round_to_nearest(model)
-    calibrate_activations(model, x)
+def post_training_quantize(model: nn.Module, x: torch.Tensor, rule: str = "mse") -> None:
+    """:func:`round_to_nearest`, then :func:`calibrate_activations` on ``x``, both by ``rule``."""
+    round_to_nearest(model, rule)
+    calibrate_activations(model, x, rule)

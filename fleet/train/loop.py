@@ -167,7 +167,7 @@ def train_local(
             if step >= total_steps:
                 break
     if in_float and step:
-        ptq.post_training_quantize(model, x[:ptq.CALIBRATION_SAMPLES])
+        ptq.post_training_quantize(model, x[:ptq.CALIBRATION_SAMPLES], tc.ptq_step)
     state = optimizer_state(opt) if opt_state is not None else None
     return TrainResult(samples, loss_fn.teacher_passes, step, epoch_loss, loss_fn.ratio, loss_fn.beta, state)
 
@@ -183,7 +183,8 @@ class _LossFn:
         self.total_steps = total_steps
         self.use_clc = teacher is not None and bool(clc_layers) and tc.clc_beta != 0.0
         self.use_qgt = tc.qgt_lambda > 0 and qgt_bits < 32
-        self.qgt_ptq = tc.qgt_mode == "ptq"  # pull toward round-to-nearest's grid, not the (unused) LSQ step
+        # ptq: pull toward round-to-nearest's grid, not the (unused) LSQ step
+        self.ptq_step = tc.ptq_step if tc.qgt_mode == "ptq" else None
         self.beta = 0.0 if not self.use_clc or tc.clc_beta == "auto" else float(tc.clc_beta)
         self.ratio = float("nan")
         self.teacher_passes = 0
@@ -222,7 +223,7 @@ class _LossFn:
             loss = loss + self._clc(loss, step)
         if self.use_qgt:
             from fleet.train import qgt
-            reg, _ = qgt.qgt_regularizer(self.model, self.qgt_bits, self.tc.qgt_form, ptq=self.qgt_ptq)
+            reg, _ = qgt.qgt_regularizer(self.model, self.qgt_bits, self.tc.qgt_form, ptq_step=self.ptq_step)
             loss = loss + qgt.qgt_lambda(step, self.total_steps, self.tc.qgt_lambda, self.tc.qgt_warmup) * reg
         if self.prox_ref is not None:
             prox = sum(((p - r) ** 2).sum() for p, r in zip(self.model.parameters(), self.prox_ref))

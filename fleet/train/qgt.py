@@ -29,10 +29,11 @@ Conv/Linear weight.
 Two modes (``QGT_MODES``, ``train.qgt-mode``): ``qat`` adds the regulariser to
 fake-quant QAT (LSQ, STE), as above; ``ptq`` is QGT's own mode (the reconstruction's
 "after training, quantize with round-to-nearest"): the model trains in float
-(``fleet.quant.ptq.float_training``) and is rounded to nearest afterwards with steps
-``2 mean|w| / sqrt(Qp)`` of the trained weights (``fleet.quant.ptq.round_to_nearest``).
+(``fleet.quant.ptq.float_training``) and is rounded to nearest afterwards with the steps
+``train.ptq-step`` gives the trained weights (``fleet.quant.ptq.round_to_nearest``; default
+``mse``, the step minimising the squared rounding error, ``fleet.quant.clipping``).
 In that mode a quantized layer is pulled toward that same grid of its current
-weights (``ptq=True``), not toward its LSQ step, which float training leaves unused.
+weights (``ptq_step``), not toward its LSQ step, which float training leaves unused.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleet.quant import spec
+from fleet.quant.clipping import rtn_step
+from fleet.quant.quantizers import LsqQuantizer
 
 __all__ = [
     "QGT_FORMS",
@@ -140,12 +143,12 @@ def _lsq_initial_step(wq: nn.Module, w: torch.Tensor, qmax: int) -> torch.Tensor
 
 
 def layer_grid(
-    module: nn.Module, bits: int, ptq: bool = False
+    module: nn.Module, bits: int, ptq_step: str | None = None
 ) -> tuple[torch.Tensor, int, int]:
     """Return the (detached) step and ``(qmin, qmax)`` a layer is pulled toward.
 
-    See the module docstring for the rule; ``ptq`` (default: False) gives a quantized
-    layer the grid round-to-nearest will use after float training.
+    See the module docstring for the rule; ``ptq_step`` (a rule of ``train.ptq-step``; default:
+    None, QAT) gives a quantized layer the grid round-to-nearest will use after float training.
     """
     w = _weight(module).detach()
     wq = getattr(module, "weight_quant", None)
@@ -153,9 +156,10 @@ def layer_grid(
     if wq is not None and isinstance(step, torch.Tensor):
         qmin, qmax = int(wq.qmin), int(wq.qmax)
         initialized = getattr(wq, "initialized", None)
-        if ptq or (initialized is not None and not bool(initialized)):
-            # ptq: the step PTQ will set from these weights; else the LSQ step is still the
-            # placeholder, so use the value LSQ will set.
+        if ptq_step is not None and isinstance(wq, LsqQuantizer):
+            return rtn_step(wq, w, ptq_step).detach(), qmin, qmax  # the step PTQ will set from these weights
+        if ptq_step is not None or (initialized is not None and not bool(initialized)):
+            # the LSQ step is still the placeholder, so use the value LSQ will set.
             return _lsq_initial_step(wq, w, qmax), qmin, qmax
         return step.detach(), qmin, qmax
     qmin, qmax = spec.qrange(bits, True, max_bits=_QGT_MAX_BITS)
@@ -163,7 +167,7 @@ def layer_grid(
 
 
 def qgt_regularizer(
-    model: nn.Module, bits: int, form: str = "sqdist", ptq: bool = False
+    model: nn.Module, bits: int, form: str = "sqdist", ptq_step: str | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of ``qgt_penalty`` over all Conv/Linear weights, and each layer's value.
 
@@ -175,9 +179,9 @@ def qgt_regularizer(
         Target bit-width for float layers (quantized layers use their own range).
     form : str
         One of ``QGT_FORMS`` (default: "sqdist").
-    ptq : bool
-        Pull quantized layers toward the grid of post-training round-to-nearest
-        (``train.qgt-mode = "ptq"``) instead of their LSQ step (default: False).
+    ptq_step : str or None
+        Pull quantized layers toward the grid post-training round-to-nearest sets by this rule
+        (``train.qgt-mode = "ptq"``, ``train.ptq-step``) instead of their LSQ step (default: None).
 
     Returns
     -------
@@ -188,7 +192,7 @@ def qgt_regularizer(
     total: torch.Tensor | None = None
     per_layer: dict[str, float] = {}
     for name, m in _weight_layers(model):
-        step, qmin, qmax = layer_grid(m, bits, ptq)
+        step, qmin, qmax = layer_grid(m, bits, ptq_step)
         p = qgt_penalty(_weight(m), step, bits, form, qrange=(qmin, qmax))
         per_layer[name] = float(p.detach())
         total = p if total is None else total + p

@@ -70,13 +70,18 @@ ROWS: dict[str, dict[str, Any]] = {
     # The cost table's QuaRC: evaluated every epoch, so its time to an accuracy is read to the epoch
     "quarc-timed": {"coreset.method": "quarc", **_CLC, "federation.eval-every": 1},
     # QGT's own mode on the same random 1% as the `random` row (which is LSQ QAT): float training with the grid
-    # regulariser, then round-to-nearest (train.qgt-mode = "ptq"); lambda = 0 is plain PTQ.
-    **{name: {"coreset.method": "random", "coreset.redraw": True, "train.qgt-mode": "ptq", "train.qgt-lambda": lam}
-       for name, lam in (("ptq", 0.0), ("qgt-ptq", 100.0), ("qgt-ptq-1e3", 1000.0))},
+    # regulariser, then round-to-nearest (train.qgt-mode = "ptq") on the least-squared-error steps (train.ptq-step
+    # = "mse"); lambda = 0 is plain PTQ. The `-lsq-init` rows round on LSQ's initial steps instead (the rule before
+    # train.ptq-step existed: their records ran before the key, with that rule).
+    **{f"{name}{suffix}": {"coreset.method": "random", "coreset.redraw": True, "train.qgt-mode": "ptq",
+                           "train.qgt-lambda": lam, "train.ptq-step": rule}
+       for name, lam in (("ptq", 0.0), ("qgt-ptq", 100.0), ("qgt-ptq-1e3", 1000.0))
+       for suffix, rule in (("", "mse"), ("-lsq-init", "lsq-init"))},
     # The bottleneck check: QGT-PTQ with every conv/linear layer quantized, then with one layer's weights at 8 bits
-    # (run weights-only: the report ranks weights; at W2A2 with every layer quantized PTQ is at chance, 13%).
+    # (run weights-only: the report ranks weights).
     **{f"qgt-ptq-all{suffix}": {"coreset.method": "random", "coreset.redraw": True, "train.qgt-mode": "ptq",
-                                "train.qgt-lambda": 100.0, "quant.keep-fp": "none", "quant.w8-layers": layer}
+                                "train.qgt-lambda": 100.0, "train.ptq-step": "mse", "quant.keep-fp": "none",
+                                "quant.w8-layers": layer}
        for suffix, layer in (("", ""), *((f"+w8-{n}", n) for n in BOTTLENECK_LAYERS))},
 }
 #: dataset -> its data keys (a relative root is a folder of ../shared/data); ``--dataset``/``--root`` replace those
@@ -127,6 +132,7 @@ def _grid(dataset: str, bits: tuple[str, ...], fractions: tuple[str, ...], rows:
 #: The QCore table's rows (simulations/benchmarks/reproduce_qcore.py runs them).
 QCORE_ROW_NAMES = ("none", "bfn", "backprop", "backprop-codes", "backprop-random")
 SELECTOR_ROWS = ("random", "forgetting", "moderate", "acs", "quarc")
+QGT_LSQ_INIT_ROWS = ("ptq-lsq-init", "qgt-ptq-lsq-init", "qgt-ptq-1e3-lsq-init")
 #: In the order the study runs them (most decisive first): a budget cut leaves the later tables short.
 TABLES: tuple[Table, ...] = (
     Table("ablation", "Ablation at 1%, W2A2: ACS, +RES, +CLC, +RES+CLC", "QuaRC Table III",
@@ -146,7 +152,7 @@ TABLES: tuple[Table, ...] = (
                                               "quarc-beta1e6", "quarc-beta1e7", "quarc"))),
     Table("qgt", "QGT in its own mode against plain PTQ and LSQ QAT (random 1% coreset)",
           "ALGORITHMS.md §3 (QGT)", _grid("mnist", ("w2a2", "w4a4"), ("1%",), ("random", "ptq", "qgt-ptq",
-                                                                              "qgt-ptq-1e3"))),
+                                                                              "qgt-ptq-1e3", *QGT_LSQ_INIT_ROWS))),
     Table("bottleneck", "QGT's bottleneck report against giving one layer 8-bit weights (QGT-PTQ, every layer's "
           "weights at 2 bits, activations float, random 1%)", "ALGORITHMS.md §3.1", _grid("mnist", ("w2",), ("1%",), (
               "qgt-ptq-all", *(f"qgt-ptq-all+w8-{n}" for n in BOTTLENECK_LAYERS)))),
