@@ -115,7 +115,11 @@ DEVIATIONS = (
     "uploads), each device selecting its fraction of its own data at every participation (at 1%, a handful of "
     "samples: the `coreset_size` of each record).",
     "QGT's `ptq` mode follows ALGORITHMS.md §3.2, an unverified reconstruction (no code exists); its claim here "
-    "(regulariser + round-to-nearest beats plain PTQ) is the paper's contrast, not its published number.",
+    "(regulariser + round-to-nearest beats plain PTQ) is the paper's contrast, not its published number. "
+    "Round-to-nearest uses the step with the least squared rounding error of each tensor (`train.ptq-step = "
+    "\"mse\"`, weights and activations); the `-lsq-init` rows round on LSQ's initial step `2 mean|x|/sqrt(Qp)`, "
+    "the project's rule until that key existed: their records ran before it (the commit in each record), "
+    "and the claims are judged on the `mse` rows.",
     "QGT's bottleneck check quantizes every layer's weights (`quant.keep-fp = \"none\"`) at 2 bits with float "
     "activations, and gives one layer 8-bit weights at a time (`quant.w8-layers`); its claim names the layer the "
     "base run's report ranks first (in most seeds).",
