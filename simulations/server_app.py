@@ -183,6 +183,7 @@ def _global_start(cfg: ScenarioConfig, out: RunDir, ckpt: Checkpoint | None) -> 
     reference, ref_hash, fp_acc = reference_model(cfg, fd)
     startup.mark("reference")
     out.summary["fp_reference_accuracy"] = fp_acc
+    out.summary["reference_hash"] = ref_hash  # content hash: which float reference this run learned from
     model = trainable_model(cfg, reference, cfg.quant.weight_bits, cfg.quant.act_bits)
     if is_quantized(cfg.quant.weight_bits, cfg.quant.act_bits) and ckpt is None:
         calib = fd.public if len(fd.public) else np.concatenate(fd.train)[:256]

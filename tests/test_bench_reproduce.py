@@ -250,3 +250,38 @@ def test_a_record_names_the_shared_data_so_it_resumes_from_another_checkout(tmp_
     # a record matches its own cell only
     assert stored["data.root"] == "$EDGEFLEET_SHARED_DATA/mnist" and stored_own["data.root"] == str(tmp_path.resolve())
     assert reproduce._same(stored, flat) and reproduce._same(stored_own, own) and not reproduce._same(stored, own)
+
+
+def test_a_record_from_another_float_reference_runs_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: one stored run of a cell; this machine's reference for it is 'here'
+    args = argparse.Namespace(quick=False, dataset="", root="", seeds=1, budget_min=0.0, tables="",
+                              cells="mnist/w2a2/1%/acs")
+    cell = "mnist/w2a2/1%/acs"
+    stored = {"accuracy": 0.9, "config": reproduce.portable(reproduce._flat(cell, 0, args)), "wall_s": 1.0}
+    ran: list[str] = []
+    monkeypatch.setattr(reproduce, "_reference_for", lambda *_: "here")
+    monkeypatch.setattr(reproduce, "_run", lambda c, *_: ran.append(c) or {**stored, "reference": "here",
+                                                                          "steps": 1, "coreset_size": 1})
+
+    # Execute + Assert: a record of this reference stands; one of another, or without one, runs again
+    for reference, reruns in (("here", False), ("elsewhere", True), (None, True)):
+        ran.clear()
+        results = {"runs": {cell: {"0": {**stored, "reference": reference}}}}
+        reproduce._run_all(args, results, tmp_path / "out.json")
+        assert (ran == [cell]) is reruns, reference
+        assert results["runs"][cell]["0"]["reference"] == "here"
+
+
+def test_seeds_pair_only_within_one_float_reference() -> None:
+    from simulations.benchmarks.reproduce_report import paired, unpaired
+
+    def rec(acc: float, reference: str | None = None, round0: float = 0.5) -> dict:
+        return {"accuracy": acc, "float_accuracy": 0.98, "curve": [[0, round0, 1.0]], "reference": reference}
+
+    a, b = "mnist/w2a2/1%/quarc", "mnist/w2a2/1%/acs"
+    results = {"runs": {a: {"0": rec(0.9, "r0"), "1": rec(0.8), "2": rec(0.7, round0=0.6), "3": rec(0.9, "x")},
+                        b: {"0": rec(0.8, "r0"), "1": rec(0.7), "2": rec(0.6), "3": rec(0.9, "y")}}}
+    # seed 0: same hash; seed 1: no hashes, same reference accuracy and round 0; seed 2: round 0 differs;
+    # seed 3: the hashes differ
+    mean, _, n = paired(results, a, b)
+    assert n == 2 and mean == pytest.approx(0.1) and unpaired(results, a, b) == 2

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import itertools
+import json
 import shutil
 import statistics
 import sys
@@ -51,7 +53,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "reproduction.md"
 COMMAND = "python -m simulations.benchmarks.reproduce"
 #: Keys of one run's record in the JSON (the tests check them).
 SCHEMA = ("accuracy", "fake_quant_accuracy", "float_accuracy", "curve", "wall_s", "reference_s", "commit", "flops",
-          "kd_clc_ratio", "clc_beta", "coreset_size", "train_samples", "steps")
+          "kd_clc_ratio", "clc_beta", "coreset_size", "train_samples", "steps", "reference")
 QUICK: dict[str, Any] = {"data.dataset": "digits", "data.root": "", "federation.rounds": 2,
                          "coreset.reselect-every": 1, "federation.eval-every": 1, "model.pretrain-epochs": 2,
                          "coreset.fraction": 0.2}
@@ -82,6 +84,7 @@ def _record(cfg: Any, summary: dict[str, Any], run_dir: Path, wall: float) -> di
         (r.get("wall_s") or 0.0) if r["round"] > 0 else 0.0 for r in rounds), strict=True))
     return {"accuracy": summary.get("final_accuracy"), "fake_quant_accuracy": summary.get("fake_quant_accuracy"),
             "float_accuracy": summary.get("fp_reference_accuracy"),
+            "reference": summary.get("reference_hash"),  # the float reference's content hash (pairing)
             # [round, accuracy, the round's wall s, wall s of rounds 1..round] at each evaluated round
             "curve": [[r["round"], r["accuracy"], r.get("wall_s"), elapsed[r["round"]]] for r in rounds
                       if r.get("accuracy") is not None],
@@ -214,6 +217,31 @@ def _expected_s(runs: dict[str, Any]) -> float | None:
     return statistics.median(walls) if walls else None
 
 
+@functools.lru_cache(maxsize=64)
+def _reference_for(cell: str, seed: int, flat_json: str) -> str | None:
+    """The content hash of the float reference a (cell, seed) learns from here: loaded from the cache, or
+    pretrained into it (the run would do that anyway). None for a QCore cell (it has no such reference)."""
+    if parse_cell(cell)[0] == "qcore":
+        return None
+    from fleet.config.scenario import parse_config
+    from fleet.data.splits import fleet_data
+    from fleet.model.reference import reference_model
+
+    cfg = parse_config(json.loads(flat_json), name="reproduce")
+    return reference_model(cfg, fleet_data(cfg))[1]
+
+
+def _current(done: dict[str, Any], cell: str, seed: int, args: argparse.Namespace) -> bool:
+    """Whether a stored run still stands: it has an accuracy, its cell's config and this machine's float
+    reference (pretraining is not bit-identical across machines: a record from another reference, or from before
+    records kept it, runs again)."""
+    flat = _flat(cell, seed, args)
+    if done.get("accuracy") is None or not _same(done.get("config"), flat):
+        return False
+    reference = _reference_for(cell, seed, json.dumps(flat, sort_keys=True, default=str))
+    return reference is None or done.get("reference") == reference
+
+
 def _run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> None:
     cells, t0, done_now = _cells(args), time.perf_counter(), 0
     work = Path(tempfile.mkdtemp(prefix="bench-reproduce-"))
@@ -222,8 +250,8 @@ def _run_all(args: argparse.Namespace, results: dict[str, Any], out: Path) -> No
             for cell in cells:
                 runs = results["runs"].setdefault(cell, {})
                 done = runs.get(str(seed), {})
-                if done.get("accuracy") is not None and _same(done.get("config"), _flat(cell, seed, args)):
-                    continue  # a record of another grid (a changed cell) or a run without an accuracy runs again
+                if _current(done, cell, seed, args):
+                    continue  # a record of another grid or reference, or a run without an accuracy, runs again
                 if args.budget_min and over_budget(t0, 60 * args.budget_min, done_now, _expected_s(runs)):
                     print(f"budget of {args.budget_min:g} min spent; run again to continue", flush=True)
                     return

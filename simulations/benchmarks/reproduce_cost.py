@@ -23,6 +23,7 @@ from typing import Any
 
 from simulations.analysis.stats import mean_ci95
 from simulations.benchmarks.reproduce_grid import Claim
+from simulations.benchmarks.reproduce_pairing import paired_seeds
 
 __all__ = ["COST_CLAIMS", "FULL", "PLAIN_QUARC", "QUARC_TIMED", "TARGET_GAP", "cost_lines", "time_to", "timing_rows"]
 
@@ -64,7 +65,8 @@ def time_to(record: Mapping[str, Any], target: float) -> tuple[int, float] | Non
 def _paired_seeds(results: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     runs = results.get("runs", {})
     quarc, full = runs.get(QUARC_TIMED, {}), runs.get(FULL, {})
-    return quarc, full, sorted(set(quarc) & set(full), key=int)
+    seeds, _ = paired_seeds(results, QUARC_TIMED, FULL, sorted(set(quarc) & set(full), key=int))
+    return quarc, full, seeds
 
 
 def timing_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:

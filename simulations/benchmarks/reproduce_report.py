@@ -1,7 +1,10 @@
 """The reproduction study's statistics, verdicts and ``docs/reproduction.md``, all from its results JSON.
 
 A claim "A beats B" is judged on the paired differences ``acc(A, seed) - acc(B, seed)`` over the seeds both ran
-(the same seed gives both the same initial quantized model and batch order; random rows also the same draws):
+from the same float reference (the same seed gives both the same initial quantized model and batch order; random
+rows also the same draws). Pretraining is not bit-identical across machines, so a seed's reference can differ
+between runs made in different sessions (:func:`reproduce_pairing.same_reference` tells; such a seed is left
+out of the pair):
 
 - **reproduced**: the 95% t interval of the mean difference lies above 0, for every B of the claim;
 - **not reproduced**: for some B the interval lies below ``MIN_EFFECT`` (0.5 points): the claimed gain is
@@ -26,8 +29,9 @@ from typing import Any
 from simulations.analysis.stats import mean_ci95
 from simulations.benchmarks.reproduce_cost import COST_CLAIMS, cost_lines, timing_rows
 from simulations.benchmarks.reproduce_grid import BOTTLENECK_LAYERS, CLAIMS, TABLES, Claim, parse_cell
+from simulations.benchmarks.reproduce_pairing import paired_seeds
 
-__all__ = ["MIN_EFFECT", "MIN_SEEDS", "paired", "verdict", "judge", "judge_cost", "render"]
+__all__ = ["MIN_EFFECT", "MIN_SEEDS", "paired", "unpaired", "verdict", "judge", "judge_cost", "render"]
 
 MIN_EFFECT = 0.005  # half a point of accuracy
 MIN_SEEDS = 3
@@ -39,14 +43,26 @@ def accuracies(results: Mapping[str, Any], cell: str) -> dict[str, float]:
     return {s: r["accuracy"] for s, r in results.get("runs", {}).get(cell, {}).items() if r.get("accuracy") is not None}
 
 
-def paired(results: Mapping[str, Any], a: str, b: str) -> tuple[float, float, int]:
-    """Mean and 95% half-width of ``acc(a) - acc(b)`` over the seeds both ran, and their number."""
+def _pairs(results: Mapping[str, Any], a: str, b: str) -> tuple[list[float], int]:
+    """The differences ``acc(a) - acc(b)`` over the seeds both ran from one reference, and the seeds left out."""
     xa, xb = accuracies(results, a), accuracies(results, b)
-    diffs = [xa[s] - xb[s] for s in sorted(set(xa) & set(xb))]
+    kept, left = paired_seeds(results, a, b, sorted(set(xa) & set(xb)))
+    return [xa[s] - xb[s] for s in kept], left
+
+
+def paired(results: Mapping[str, Any], a: str, b: str) -> tuple[float, float, int]:
+    """Mean and 95% half-width of ``acc(a) - acc(b)`` over the seeds both ran from one reference, and their
+    number."""
+    diffs, _ = _pairs(results, a, b)
     if not diffs:
         return math.nan, math.nan, 0
     mean, half = mean_ci95(diffs)
     return mean, half, len(diffs)
+
+
+def unpaired(results: Mapping[str, Any], a: str, b: str) -> int:
+    """Seeds both cells ran, left out of their comparison because the runs' float references differ."""
+    return _pairs(results, a, b)[1]
 
 
 def verdict(mean: float, half: float, n: int) -> str:
@@ -71,7 +87,8 @@ def judge(results: Mapping[str, Any], claim: Claim) -> dict[str, Any]:
     comps = []
     for b in claim.against:
         mean, half, n = paired(results, claim.better, b)
-        comps.append({"against": b, "mean": mean, "half": half, "seeds": n, "verdict": verdict(mean, half, n)})
+        comps.append({"against": b, "mean": mean, "half": half, "seeds": n, "verdict": verdict(mean, half, n),
+                      "left_out": unpaired(results, claim.better, b)})
     verdicts = {c["verdict"] for c in comps}
     overall = NOT_REPRODUCED if NOT_REPRODUCED in verdicts else (
         REPRODUCED if verdicts == {REPRODUCED} else INCONCLUSIVE)
@@ -177,7 +194,18 @@ def _table(results: Mapping[str, Any], title: str, source: str, cells: tuple[str
         _, bits, frac, _ = parse_cell(cell)
         base = {k: f"{dataset}/{bits}/{frac}/{k}" for k in baselines}
         lines.append(_cell_row(results, cell, base))
-    return [*lines, ""]
+    return [*lines, "", *_legacy_note(results, cells)]
+
+
+def _legacy_note(results: Mapping[str, Any], cells: tuple[str, ...]) -> list[str]:
+    """How many of a table's runs predate the reference hash (from a float reference since superseded here)."""
+    records = [r for c in cells for r in results.get("runs", {}).get(c, {}).values()]
+    old = sum(1 for r in records if not r.get("reference"))
+    if not old:
+        return []
+    return [f"- {old} of these {len(records)} runs predate the float reference's hash in the records: they learned "
+            "from references pretrained on another machine, are paired only with runs of the same reference, "
+            "and run again in the next invocation of the study (as any record of another reference does).", ""]
 
 
 def _share(results: Mapping[str, Any], bits: str) -> str:
@@ -273,8 +301,13 @@ def render(results: Mapping[str, Any], command: str) -> str:
              f"- Seeds per cell: up to {max((len(v) for v in results.get('runs', {}).values()), default=0)}; "
              f"{budget.get('note', '')}",
              "- Accuracy: the deployed (integer-export) model on the whole test split after the last epoch. "
-             "`vs random` / `vs ACS`: the mean paired difference over the seeds both cells ran, in points, "
-             "with its 95% t interval. wall s: the run's wall time (without the float reference's pretraining, "
+             "`vs random` / `vs ACS`: the mean paired difference over the seeds both cells ran from the same "
+             "float reference, in points, with its 95% t interval. A seed's reference is pretrained once and "
+             "cached, but pretraining is not bit-identical across machines, and the study ran over sessions on "
+             "different machines: a seed whose two runs learned from different references (told by the "
+             "reference's hash, or for older records by its test accuracy and the initial model's round-0 "
+             "accuracy) is left out of the pair, and the claims say how many were. wall s: the run's wall time "
+             "(without the float reference's pretraining, "
              "cached after its first run); GFLOP: the compute the virtual clock "
              "charged (training, teacher and scoring passes).",
              f"- Verdicts: reproduced if the interval of every paired difference lies above 0; not reproduced if "
@@ -310,6 +343,8 @@ def render(results: Mapping[str, Any], command: str) -> str:
         deciding = [c for c in j["comparisons"] if c["verdict"] == j["verdict"]] or j["comparisons"]
         worst = min(deciding, key=lambda c: -1e9 if math.isnan(c["mean"]) else c["mean"] - (
             0.0 if math.isnan(c["half"]) else c["half"]))
-        decide = f"vs {parse_cell(worst['against'])[3]}: {_pct(worst['mean'], worst['half'])} ({worst['seeds']} seeds)"
+        left = f"; {worst['left_out']} left out: another reference" if worst.get("left_out") else ""
+        decide = (f"vs {parse_cell(worst['against'])[3]}: {_pct(worst['mean'], worst['half'])} "
+                  f"({worst['seeds']} seeds{left})")
         lines.append(f"| {claim.text} | {claim.source} | {claim.paper} | **{j['verdict']}** | {decide} |")
     return "\n".join(lines) + "\n"
