@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import functools
 import itertools
-import json
 import shutil
 import statistics
 import sys
@@ -217,18 +215,24 @@ def _expected_s(runs: dict[str, Any]) -> float | None:
     return statistics.median(walls) if walls else None
 
 
-@functools.lru_cache(maxsize=64)
-def _reference_for(cell: str, seed: int, flat_json: str) -> str | None:
+#: reference recipe -> its content hash, in this process: cells that share a reference load it once.
+_DIGESTS: dict[str, str] = {}
+
+
+def _reference_for(cell: str, flat: dict[str, Any]) -> str | None:
     """The content hash of the float reference a (cell, seed) learns from here: loaded from the cache, or
     pretrained into it (the run would do that anyway). None for a QCore cell (it has no such reference)."""
     if parse_cell(cell)[0] == "qcore":
         return None
     from fleet.config.scenario import parse_config
     from fleet.data.splits import fleet_data
-    from fleet.model.reference import reference_model
+    from fleet.model import reference as ref
 
-    cfg = parse_config(json.loads(flat_json), name="reproduce")
-    return reference_model(cfg, fleet_data(cfg))[1]
+    cfg = parse_config(flat, name="reproduce")
+    key = ref._recipe(cfg)  # the framework's own cache key of a reference
+    if key not in _DIGESTS:
+        _DIGESTS[key] = ref.reference_model(cfg, fleet_data(cfg))[1]
+    return _DIGESTS[key]
 
 
 def _current(done: dict[str, Any], cell: str, seed: int, args: argparse.Namespace) -> bool:
@@ -238,7 +242,7 @@ def _current(done: dict[str, Any], cell: str, seed: int, args: argparse.Namespac
     flat = _flat(cell, seed, args)
     if done.get("accuracy") is None or not _same(done.get("config"), flat):
         return False
-    reference = _reference_for(cell, seed, json.dumps(flat, sort_keys=True, default=str))
+    reference = _reference_for(cell, flat)
     return reference is None or done.get("reference") == reference
 
 
