@@ -207,6 +207,10 @@ _ACS_RANDOM_4BIT = Claim("acs-beats-random-4bit-10pct", "ALGORITHMS.md §2.4", "
 CLAIMS: tuple[Claim, ...] = (
     _QUARC_ACS_2BIT,
     _QUARC_ACS_4BIT,
+    *(Claim(f"quarc-beats-acs-2bit-{f[:-1]}pct", "ALGORITHMS.md §1.8, Table I/II", f"QuaRC beats ACS at {f}, 2 bits",
+            _c("w2a2", f, "quarc"), (_c("w2a2", f, "acs"),), paper)
+      for f, paper in (("3%", "+2.54 (2w2a ImageNet), +4.90 (2w CIFAR-100)"),
+                       ("5%", "+2.42 (2w2a ImageNet), +3.71 (2w CIFAR-100)"))),
     Claim("quarc-beats-acs-3bit-1pct", "ALGORITHMS.md §1.8, Table I/II", "QuaRC beats ACS at 1%, 3 bits",
           _c("w3a3", "1%", "quarc"), (_c("w3a3", "1%", "acs"),), "+2.82 (3w3a ImageNet), +3.71 (3w CIFAR-100)"),
     Claim("quarc-beats-acs-w2-1pct", "ALGORITHMS.md §1.8, Table I", "QuaRC beats ACS at 1%, weight-only 2 bits",
