@@ -50,14 +50,17 @@ def _pairs(results: Mapping[str, Any], a: str, b: str) -> tuple[list[float], int
     return [xa[s] - xb[s] for s in kept], left
 
 
-def paired(results: Mapping[str, Any], a: str, b: str) -> tuple[float, float, int]:
-    """Mean and 95% half-width of ``acc(a) - acc(b)`` over the seeds both ran from one reference, and their
-    number."""
-    diffs, _ = _pairs(results, a, b)
+def _stats(diffs: list[float]) -> tuple[float, float, int]:
     if not diffs:
         return math.nan, math.nan, 0
     mean, half = mean_ci95(diffs)
     return mean, half, len(diffs)
+
+
+def paired(results: Mapping[str, Any], a: str, b: str) -> tuple[float, float, int]:
+    """Mean and 95% half-width of ``acc(a) - acc(b)`` over the seeds both ran from one reference, and their
+    number."""
+    return _stats(_pairs(results, a, b)[0])
 
 
 def unpaired(results: Mapping[str, Any], a: str, b: str) -> int:
@@ -86,9 +89,10 @@ def judge(results: Mapping[str, Any], claim: Claim) -> dict[str, Any]:
     """A claim's verdict and the comparisons behind it (the worst one decides)."""
     comps = []
     for b in claim.against:
-        mean, half, n = paired(results, claim.better, b)
+        diffs, left = _pairs(results, claim.better, b)
+        mean, half, n = _stats(diffs)
         comps.append({"against": b, "mean": mean, "half": half, "seeds": n, "verdict": verdict(mean, half, n),
-                      "left_out": unpaired(results, claim.better, b)})
+                      "left_out": left})
     verdicts = {c["verdict"] for c in comps}
     overall = NOT_REPRODUCED if NOT_REPRODUCED in verdicts else (
         REPRODUCED if verdicts == {REPRODUCED} else INCONCLUSIVE)
