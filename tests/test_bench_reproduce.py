@@ -210,14 +210,23 @@ def test_the_cost_lines_show_each_seeds_time_and_the_evaluation_overhead() -> No
     # Prepare: seed 0 reaches full's accuracy less a point at epoch 10, seed 1 never does
     full = {s: _timed([(1, 0.95, 50.0), (3, 0.955, 150.0)]) for s in ("0", "1")}
     quarc = {"0": {**_timed([(10, 0.95, 80.0)]), "wall_s": 130.0}, "1": {**_timed([(10, 0.90, 80.0)]), "wall_s": 120.0}}
-    plain = {"0": {"wall_s": 100.0}, "1": {"wall_s": 100.0}}
+    plain = {"0": {"wall_s": 100.0}, "1": {"wall_s": 100.0}, "2": {"wall_s": 100.0, "commit": "b"}}
+    quarc["2"] = {**_timed([(10, 0.95, 80.0)]), "wall_s": 900.0, "commit": "a"}  # another session: not paired
     runs = {FULL: full, QUARC_TIMED: quarc, PLAIN_QUARC: plain}
     # Execute
     text = "\n".join(cost_lines({"runs": runs}))
     # Assert: full reaches its own target after its first epoch; the overhead is the paired mean (30 + 20) / 2
     assert "| 0 | 95.50 | 94.50 | 150 | 50 | 10 | 80 | 95.00 (80) |" in text
     assert "| 1 | 95.50 | 94.50 | 150 | 50 | never | – |" in text
-    assert "run time by +25 ± 64 s" in text  # t(1) = 12.71, sd 7.07, 2 seeds
+    assert "run time by +25 ± 64 s" in text  # t(1) = 12.71, sd 7.07, 2 seeds (seed 2's runs: two commits)
+
+
+def test_the_evaluation_overhead_is_not_measured_from_runs_at_different_commits() -> None:
+    from simulations.benchmarks.reproduce_cost import PLAIN_QUARC, QUARC_TIMED, cost_lines
+
+    runs = {QUARC_TIMED: {"0": {"wall_s": 300.0, "commit": "a"}}, PLAIN_QUARC: {"0": {"wall_s": 200.0, "commit": "b"}}}
+    text = "\n".join(cost_lines({"runs": runs}))
+    assert "is not measured: no seed ran both" in text and "run time by" not in text
 
 
 def test_a_cells_pattern_that_matches_nothing_is_a_one_line_error_that_writes_nothing(tmp_path: Path) -> None:

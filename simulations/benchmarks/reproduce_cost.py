@@ -106,12 +106,17 @@ def cost_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def _eval_overhead(results: Mapping[str, Any]) -> list[str]:
-    """What evaluating every epoch adds to QuaRC's wall time (``quarc-timed`` against ``quarc``, paired seeds)."""
+    """What evaluating every epoch adds to QuaRC's wall time (``quarc-timed`` against ``quarc``), paired over the
+    seeds whose two runs were made at one commit: wall times from other sessions (other machines, other loads) do
+    not compare, so a pair from two commits is left out."""
     runs = results.get("runs", {})
     timed, plain = runs.get(QUARC_TIMED, {}), runs.get(PLAIN_QUARC, {})
-    seeds = [s for s in set(timed) & set(plain) if timed[s].get("wall_s") and plain[s].get("wall_s")]
+    both = [s for s in set(timed) & set(plain) if timed[s].get("wall_s") and plain[s].get("wall_s")]
+    seeds = [s for s in both if timed[s].get("commit") == plain[s].get("commit")]
     if not seeds:
-        return []
+        return [f"What evaluating every epoch adds to QuaRC's run time is not measured: no seed ran both the "
+                f"`quarc-timed` and the `quarc` row at one commit ({len(both)} seed(s) ran them at different "
+                "commits, whose wall times do not compare).", ""] if both else []
     mean, half = mean_ci95([timed[s]["wall_s"] - plain[s]["wall_s"] for s in seeds])
     spread = "" if math.isnan(half) else f" ± {half:.0f}"  # NaN with one seed
     return [f"Evaluating every epoch changed QuaRC's run time by {mean:+.0f}{spread} s against the `quarc` row "
